@@ -1,0 +1,303 @@
+"""The ``reelrec`` command. Each command is a thin shell over a library function.
+
+Heavy modules are imported inside the commands so ``reelrec --help`` stays fast and a backend's
+driver is imported only when its scheme is used.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from reelrec.errors import InvalidInput, NotFound, ReelrecError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="reelrec: homepages for a streaming catalog.")
+lake_app = typer.Typer(no_args_is_help=True, help="The behavioural lake (Parquet by event date).")
+events_app = typer.Typer(no_args_is_help=True, help="Validate and load JSON Lines event files.")
+import_app = typer.Typer(no_args_is_help=True, help="Import real data sets into the lake.")
+users_app = typer.Typer(no_args_is_help=True, help="Look at the users of a data directory.")
+titles_app = typer.Typer(no_args_is_help=True, help="Look at the catalog of a data directory.")
+app.add_typer(lake_app, name="lake")
+app.add_typer(events_app, name="events")
+app.add_typer(import_app, name="import")
+app.add_typer(users_app, name="users")
+app.add_typer(titles_app, name="titles")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataOpt = typer.Option(None, "--data", help="data directory (default ./reelrec-data or REELREC_DATA_DIR)")
+
+
+def settings_for(data: Optional[Path]):
+    from reelrec.config import load_settings
+    return load_settings(data_dir=data)
+
+
+def fail(exc: ReelrecError) -> None:
+    err_console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
+
+
+def counts_table(title: str, counts: dict, key: str = "value") -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column(key)
+    t.add_column("count", justify="right")
+    for k, v in counts.items():
+        t.add_row(str(k), f"{v:,}")
+    return t
+
+
+# --- world and imports ------------------------------------------------------------------------
+@app.command()
+def simulate(
+    users: int = typer.Option(2000, min=1, help="users at the start (more join during the days)"),
+    titles: int = typer.Option(1000, min=10, help="titles in the catalog at the start"),
+    days: int = typer.Option(7, min=1, help="days of behaviour to simulate"),
+    seed: int = typer.Option(1, help="random seed; the same seed gives the same world"),
+    data: Optional[Path] = DataOpt,
+):
+    """Simulate a streaming service's catalog, users and events into the lake."""
+    from reelrec.sim.world import SimConfig, simulate as run_sim
+    s = settings_for(data)
+    try:
+        summary = run_sim(SimConfig(users=users, titles=titles, days=days, seed=seed), s)
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"simulated {summary.events:,} events from {summary.users:,} users on "
+                  f"{summary.titles:,} titles into {s.data_dir} "
+                  f"({summary.seconds:.1f} s, {summary.events / max(summary.seconds, 1e-9):,.0f} events/s)")
+
+
+@import_app.command("movielens")
+def import_movielens_cmd(path: Path = typer.Argument(..., exists=True, file_okay=False,
+                                                     help="ml-100k or ml-latest-small folder"),
+                         data: Optional[Path] = DataOpt):
+    """Import MovieLens 100K or ml-latest-small: titles, users and rating events."""
+    from reelrec.importers.movielens import import_movielens
+    s = settings_for(data)
+    try:
+        summary = import_movielens(path, s)
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"imported {summary.events:,} events, {summary.users:,} users, "
+                  f"{summary.titles:,} titles from {path} into {s.data_dir}")
+
+
+@import_app.command("interactions")
+def import_interactions_cmd(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV, TSV or Parquet file"),
+    user_col: str = typer.Option(..., "--user-col"),
+    item_col: str = typer.Option(..., "--item-col"),
+    weight_col: Optional[str] = typer.Option(None, "--weight-col"),
+    time_col: Optional[str] = typer.Option(None, "--time-col"),
+    sep: Optional[str] = typer.Option(None, "--sep", help="field separator (default from the extension)"),
+    data: Optional[Path] = DataOpt,
+):
+    """Import any table of user-item interactions (your own data) into the lake."""
+    from reelrec.importers.interactions import import_interactions
+    s = settings_for(data)
+    try:
+        summary = import_interactions(file, s, user_col=user_col, item_col=item_col,
+                                      weight_col=weight_col, time_col=time_col, sep=sep)
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"imported {summary.events:,} events, {summary.users:,} users, "
+                  f"{summary.titles:,} titles from {file} into {s.data_dir}")
+
+
+# --- events -----------------------------------------------------------------------------------
+def _validate_file(file: Path, data: Optional[Path]):
+    from reelrec.domain.catalog import Catalog
+    from reelrec.domain.events import read_jsonl, validate_records
+    s = settings_for(data)
+    try:
+        catalog = Catalog.load(s.data_dir)
+    except NotFound:
+        catalog = None
+    report = validate_records(read_jsonl(file), titles=catalog, lines=True,
+                              future_tolerance_s=s.future_tolerance_s)
+    return s, catalog, report
+
+
+def _print_report(report, catalog) -> None:
+    for e in report.errors:
+        err_console.print(f"line {e.line}: {e.field}: {e.reason}", markup=False, highlight=False)
+    note = "" if catalog is not None else " (no catalog found: title ids not checked)"
+    console.print(f"{report.accepted:,} valid, {report.rejected:,} invalid{note}")
+
+
+@events_app.command("validate")
+def events_validate(file: Path = typer.Argument(..., exists=True, dir_okay=False),
+                    data: Optional[Path] = DataOpt):
+    """Report each bad line (number, field, reason) and count the good ones."""
+    _, catalog, report = _validate_file(file, data)
+    _print_report(report, catalog)
+    raise typer.Exit(1 if report.rejected else 0)
+
+
+@events_app.command("load")
+def events_load(file: Path = typer.Argument(..., exists=True, dir_okay=False),
+                data: Optional[Path] = DataOpt):
+    """Append the valid events of a JSON Lines file to the lake; report the invalid ones."""
+    from reelrec.domain.events import events_to_table
+    from reelrec.storage.lake import open_lake
+    s, catalog, report = _validate_file(file, data)
+    _print_report(report, catalog)
+    written = open_lake(s.lake).append(events_to_table(report.events)) if report.events else 0
+    console.print(f"appended {written:,} events to {s.lake}")
+
+
+# --- lake -------------------------------------------------------------------------------------
+@lake_app.command("stats")
+def lake_stats(data: Optional[Path] = DataOpt, as_json: bool = typer.Option(False, "--json")):
+    """Events by type and by date, deduplicated on event_id."""
+    from reelrec.storage.lake import open_lake
+    s = settings_for(data)
+    st = open_lake(s.lake).stats()
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    console.print(f"{st['events']:,} events in {st['files']:,} files at {s.lake}")
+    console.print(counts_table("events by type", st["by_type"], "type"))
+    console.print(counts_table("events by date", st["by_date"], "date"))
+
+
+@lake_app.command("compact")
+def lake_compact(data: Optional[Path] = DataOpt):
+    """Merge each date partition into one file and drop duplicate event_ids."""
+    from reelrec.storage.lake import open_lake
+    s = settings_for(data)
+    rep = open_lake(s.lake).compact()
+    console.print(f"compacted {rep.partitions} partitions: files {rep.files_before:,} -> "
+                  f"{rep.files_after:,}, rows {rep.rows_before:,} -> {rep.rows_after:,}")
+
+
+# --- looking around ---------------------------------------------------------------------------
+def _ci_filter(table, column: str, value: Optional[str], is_list: bool = False):
+    import pyarrow.compute as pc
+    if not value:
+        return table
+    v = value.lower()
+    col = table.column(column)
+    if is_list:
+        # list membership, case-insensitive: flatten, compare, map back to rows
+        flat = pc.utf8_lower(pc.list_flatten(col))
+        parents = pc.list_parent_indices(col)
+        rows = pc.unique(pc.filter(parents, pc.equal(flat, v)))
+        import numpy as np
+        mask = np.zeros(table.num_rows, dtype=bool)
+        mask[rows.to_numpy()] = True
+        return table.filter(mask)
+    return table.filter(pc.equal(pc.utf8_lower(col.fill_null("")), v))
+
+
+@users_app.command("list")
+def users_list(data: Optional[Path] = DataOpt,
+               region: Optional[str] = typer.Option(None, help="country code, e.g. IN"),
+               device: Optional[str] = typer.Option(None, help="signup device"),
+               limit: int = typer.Option(50, min=0, help="rows to print (0: all)")):
+    """One user per line, id first: region, language, signup device, onboarding picks."""
+    from reelrec.domain.users import load_users
+    s = settings_for(data)
+    try:
+        t = load_users(s.data_dir)
+    except NotFound as exc:
+        fail(exc)
+    t = _ci_filter(_ci_filter(t, "region", region), "signup_device", device)
+    total = t.num_rows
+    if limit:
+        t = t.slice(0, limit)
+    for r in t.to_pylist():
+        picks = ",".join(r["onboarding_genres"] or []) or "-"
+        print(f"{r['user_id']}\t{r['region'] or '-'}\t{r['language'] or '-'}\t"
+              f"{r['signup_device'] or '-'}\t{picks}")
+    err_console.print(f"{min(total, t.num_rows):,} of {total:,} users")
+
+
+@titles_app.command("list")
+def titles_list(data: Optional[Path] = DataOpt,
+                region: Optional[str] = typer.Option(None, help="available in this country"),
+                kind: Optional[str] = typer.Option(None, help="movie, series or documentary"),
+                genre: Optional[str] = typer.Option(None, help="e.g. thriller"),
+                limit: int = typer.Option(50, min=0, help="rows to print (0: all)")):
+    """One title per line, id first: name, kind, genres, release date, regions."""
+    import numpy as np
+    import pyarrow.compute as pc
+    from reelrec.domain.catalog import Catalog
+    s = settings_for(data)
+    try:
+        t = Catalog.load(s.data_dir).table
+    except NotFound as exc:
+        fail(exc)
+    t = _ci_filter(_ci_filter(t, "kind", kind), "genres", genre, is_list=True)
+    if region:
+        everywhere = pc.equal(pc.list_value_length(t.column("regions")), 0).to_numpy(zero_copy_only=False)
+        there = np.zeros(t.num_rows, dtype=bool)
+        sub = _ci_filter(t.append_column("_i", [np.arange(t.num_rows)]), "regions", region, is_list=True)
+        there[sub.column("_i").to_numpy()] = True
+        t = t.filter(everywhere | there)
+    total = t.num_rows
+    if limit:
+        t = t.slice(0, limit)
+    for r in t.to_pylist():
+        regions = ",".join(r["regions"] or []) or "everywhere"
+        print(f"{r['title_id']}\t{r['name']}\t{r['kind']}\t{','.join(r['genres'])}\t"
+              f"{r['release_date'] or '-'}\t{regions}")
+    err_console.print(f"{min(total, t.num_rows):,} of {total:,} titles")
+
+
+# --- demo -------------------------------------------------------------------------------------
+@app.command()
+def demo(data: Optional[Path] = DataOpt,
+         users: int = typer.Option(2000, min=1), titles: int = typer.Option(1000, min=10),
+         days: int = typer.Option(7, min=1), seed: int = typer.Option(1)):
+    """Simulate a small world (when the data directory is empty) and show what it holds."""
+    import pyarrow.compute as pc
+    from reelrec.domain.catalog import Catalog
+    from reelrec.domain.users import load_users
+    from reelrec.sim.world import SimConfig, simulate as run_sim
+    from reelrec.storage.lake import open_lake
+    s = settings_for(data)
+    lake = open_lake(s.lake)
+    if not lake.files():
+        console.rule("simulating a small world")
+        summary = run_sim(SimConfig(users=users, titles=titles, days=days, seed=seed), s)
+        console.print(f"{summary.events:,} events in {summary.seconds:.1f} s")
+    catalog = Catalog.load(s.data_dir)
+    ut = load_users(s.data_dir)
+    kinds = catalog.table.group_by("kind").aggregate([("kind", "count")]).to_pylist()
+    console.print(counts_table("titles by kind", {r["kind"]: r["kind_count"] for r in kinds}, "kind"))
+    g = pc.value_counts(pc.list_flatten(catalog.table.column("genres"))).to_pylist()
+    console.print(counts_table("titles by genre", {r["values"]: r["counts"] for r in
+                                                   sorted(g, key=lambda r: -r["counts"])}, "genre"))
+    reg = pc.value_counts(ut.column("region")).to_pylist()
+    console.print(counts_table("users by region", {r["values"]: r["counts"] for r in
+                                                   sorted(reg, key=lambda r: -r["counts"])}, "region"))
+    st = lake.stats()
+    console.print(counts_table("events by type", st["by_type"], "type"))
+    console.print(f"data directory: {s.data_dir.resolve()}  (try `reelrec lake stats --data {s.data_dir}`)")
+
+
+def main() -> None:
+    from reelrec.log import setup_logging
+    setup_logging()
+    try:
+        app()
+    except InvalidInput as exc:
+        err_console.print(f"[red]invalid input:[/red] {exc}")
+        sys.exit(2)
+    except ReelrecError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

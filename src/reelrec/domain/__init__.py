@@ -1,0 +1,1 @@
+"""Domain types: titles, users, events and how events become preference signals."""

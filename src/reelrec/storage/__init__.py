@@ -1,0 +1,1 @@
+"""Backends for each role, opened from a URL (see DESIGN.md, "Roles and backends")."""

@@ -1,0 +1,262 @@
+"""The behavioural lake: append-only Parquet partitioned by event date (``date=YYYY-MM-DD/``).
+
+Contract (DESIGN.md): append atomically, scan a time range, compact, dedupe by ``event_id``.
+
+* A file is written under a temporary name and renamed, so a reader never sees half a file.
+* Appends dedupe within the batch; duplicates across files (a re-delivered event) are removed
+  on every scan (first write wins) and physically by ``compact``. Counting from a scan therefore
+  never counts a re-delivered event twice.
+* The location is a URL: ``file:///path`` (or a bare path) today; any filesystem that
+  ``pyarrow.fs.FileSystem.from_uri`` opens (``s3://``, ``gs://``) for object storage later.
+
+DuckDB reads the same files directly::
+
+    SELECT type, count(*) FROM read_parquet('DIR/lake/date=*/*.parquet', hive_partitioning=true)
+    GROUP BY type
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from reelrec.domain.events import EVENT_SCHEMA
+from reelrec.errors import InvalidInput, Unavailable
+from reelrec.log import get_logger
+
+log = get_logger(__name__)
+UTC = dt.timezone.utc
+
+
+def dedupe_first(table: pa.Table, key: str = "event_id") -> pa.Table:
+    """Keep the first row of each ``key`` value, preserving order."""
+    n = table.num_rows
+    if n == 0:
+        return table
+    firsts = (
+        pa.table({"k": table.column(key), "i": pa.array(np.arange(n, dtype=np.int64))})
+        .group_by("k", use_threads=False)
+        .aggregate([("i", "min")])
+        .column("i_min")
+        .to_numpy()
+    )
+    if len(firsts) == n:
+        return table
+    return table.take(np.sort(firsts))
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """Reorder/cast to the lake schema, filling absent optional columns with nulls."""
+    missing_required = [f.name for f in EVENT_SCHEMA if not f.nullable and f.name not in table.column_names]
+    if missing_required:
+        raise InvalidInput(f"missing required column(s) {', '.join(missing_required)}", field="table")
+    extra = set(table.column_names) - set(EVENT_SCHEMA.names)
+    if extra:
+        raise InvalidInput(f"unknown column(s) {', '.join(sorted(extra))}", field="table")
+    cols = []
+    for f in EVENT_SCHEMA:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            if col.type != f.type:
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise InvalidInput(f"cannot be read as {f.type}: {exc}", field=f.name) from None
+            if not f.nullable and col.null_count:
+                raise InvalidInput("has null values", field=f.name)
+            cols.append(col)
+        else:
+            cols.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=EVENT_SCHEMA)
+
+
+@dataclass
+class CompactReport:
+    partitions: int
+    files_before: int
+    files_after: int
+    rows_before: int
+    rows_after: int
+
+
+class ParquetLake:
+    """Parquet files by event date under ``root`` on a pyarrow filesystem."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, url: str):
+        self.fs, self.root, self.url = fs, root.rstrip("/"), url
+        self.fs.create_dir(self.root, recursive=True)
+
+    # --- layout --------------------------------------------------------------------------
+    def _partition_dir(self, day: dt.date) -> str:
+        return f"{self.root}/date={day.isoformat()}"
+
+    def files(self, partition: str | None = None) -> list[str]:
+        """Data files (sorted by write order), optionally of one ``date=`` partition."""
+        base = f"{self.root}/{partition}" if partition else self.root
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        except OSError as exc:
+            raise Unavailable(f"lake at {self.url} cannot be listed: {exc}") from exc
+        names = [i.path for i in infos if i.type == pafs.FileType.File
+                 and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")]
+        return sorted(names, key=lambda p: p.rsplit("/", 1)[-1])
+
+    def partitions(self) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        return sorted(i.base_name for i in infos
+                      if i.type == pafs.FileType.Directory and i.base_name.startswith("date="))
+
+    @property
+    def glob(self) -> str:
+        """A glob DuckDB (``read_parquet(..., hive_partitioning=true)``) can read."""
+        return f"{self.root}/date=*/*.parquet"
+
+    # --- write ---------------------------------------------------------------------------
+    def _write_file(self, table: pa.Table, day: dt.date) -> str:
+        d = self._partition_dir(day)
+        self.fs.create_dir(d, recursive=True)
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = f"{d}/.tmp-{name}"
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                pq.write_table(table, out, compression="zstd")
+            self.fs.move(tmp, f"{d}/{name}")
+        except OSError as exc:
+            try:
+                self.fs.delete_file(tmp)
+            except OSError:
+                pass
+            raise Unavailable(f"lake write to {d} failed: {exc}") from exc
+        return f"{d}/{name}"
+
+    def append(self, table: pa.Table) -> int:
+        """Append events (lake schema); one file per event date. Returns rows written.
+
+        Raises:
+            InvalidInput: the table lacks a required column or has an unknown one.
+            Unavailable: the storage refused the write (nothing partial is left visible).
+        """
+        table = dedupe_first(_conform(table))
+        if table.num_rows == 0:
+            return 0
+        days = pc.cast(table.column("ts"), pa.date32())
+        uniq = pc.unique(days)
+        if len(uniq) == 1:
+            self._write_file(table, uniq[0].as_py())
+        else:
+            for day in uniq.to_pylist():
+                self._write_file(table.filter(pc.equal(days, pa.scalar(day, pa.date32()))), day)
+        return table.num_rows
+
+    # --- read ----------------------------------------------------------------------------
+    def scan(self, start: dt.datetime | None = None, end: dt.datetime | None = None,
+             columns: list[str] | None = None, types: list[str] | None = None,
+             dedupe: bool = True) -> pa.Table:
+        """Events with ``start <= ts < end`` (UTC), deduplicated on ``event_id``, in write order."""
+        files = self.files()
+        if start is not None or end is not None:
+            lo = start.date() if start else dt.date.min
+            hi = end.date() if end else dt.date.max
+            files = [f for f in files if lo <= dt.date.fromisoformat(f.split("date=")[1][:10]) <= hi]
+        want = list(columns) if columns else list(EVENT_SCHEMA.names)
+        read_cols = list(dict.fromkeys(want + (["event_id"] if dedupe else [])
+                                       + (["ts"] if start or end else [])
+                                       + (["type"] if types else [])))
+        if not files:
+            return EVENT_SCHEMA.empty_table().select(want)
+        dataset = ds.dataset(files, schema=EVENT_SCHEMA, format="parquet", filesystem=self.fs)
+        flt = None
+        if start is not None:
+            flt = ds.field("ts") >= pa.scalar(start.astimezone(UTC), EVENT_SCHEMA.field("ts").type)
+        if end is not None:
+            e = ds.field("ts") < pa.scalar(end.astimezone(UTC), EVENT_SCHEMA.field("ts").type)
+            flt = e if flt is None else flt & e
+        if types:
+            t = ds.field("type").isin(types)
+            flt = t if flt is None else flt & t
+        table = dataset.to_table(columns=read_cols, filter=flt)
+        if dedupe:
+            table = dedupe_first(table)
+        return table.select(want)
+
+    def count(self) -> int:
+        return self.scan(columns=["event_id"]).num_rows
+
+    def time_range(self) -> tuple[dt.datetime, dt.datetime] | None:
+        ts = self.scan(columns=["ts"], dedupe=False).column("ts")
+        if len(ts) == 0:
+            return None
+        mm = pc.min_max(ts)
+        return mm["min"].as_py(), mm["max"].as_py()
+
+    # --- maintenance ---------------------------------------------------------------------
+    def compact(self, min_files: int = 2) -> CompactReport:
+        """Merge each partition's files into one, dropping duplicate event_ids.
+
+        The merged file is written (atomically) before the old ones are deleted; a crash in
+        between leaves duplicates that every scan already removes.
+        """
+        rep = CompactReport(0, 0, 0, 0, 0)
+        for part in self.partitions():
+            files = self.files(part)
+            rep.files_before += len(files)
+            if len(files) < min_files:
+                rep.files_after += len(files)
+                n = sum(pq.ParquetFile(f, filesystem=self.fs).metadata.num_rows for f in files)
+                rep.rows_before += n
+                rep.rows_after += n
+                continue
+            table = ds.dataset(files, schema=EVENT_SCHEMA, format="parquet",
+                               filesystem=self.fs).to_table()
+            rep.rows_before += table.num_rows
+            table = dedupe_first(table)
+            rep.rows_after += table.num_rows
+            self._write_file(table, dt.date.fromisoformat(part.split("=", 1)[1]))
+            for f in files:
+                self.fs.delete_file(f)
+            rep.partitions += 1
+            rep.files_after += 1
+            log.info("partition compacted", partition=part, files=len(files), rows=table.num_rows)
+        return rep
+
+    def stats(self) -> dict:
+        """Counts by type and by date (deduplicated), and file count."""
+        t = self.scan(columns=["type", "ts"])
+        by_type = t.group_by("type").aggregate([("type", "count")]).to_pylist()
+        days = pc.cast(t.column("ts"), pa.date32())
+        by_date = pa.table({"d": days}).group_by("d").aggregate([("d", "count")]).to_pylist()
+        return {
+            "events": t.num_rows,
+            "files": len(self.files()),
+            "by_type": dict(sorted((r["type"], r["type_count"]) for r in by_type)),
+            "by_date": dict(sorted((r["d"].isoformat(), r["d_count"]) for r in by_date)),
+        }
+
+
+def open_lake(url: str | Path) -> ParquetLake:
+    """Open a lake from a URL: ``file:///abs/path``, a bare path, or a pyarrow filesystem URI.
+
+    Raises:
+        InvalidInput: the URL cannot be opened by any filesystem.
+    """
+    url = str(url)
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else url).resolve()
+        return ParquetLake(pafs.LocalFileSystem(), path.as_posix(), path.as_uri())
+    try:
+        fs, root = pafs.FileSystem.from_uri(url)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise InvalidInput(f"cannot open lake {url!r}: {exc}", field="lake_url") from None
+    return ParquetLake(fs, root, url)
