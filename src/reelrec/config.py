@@ -65,6 +65,18 @@ class Settings(BaseSettings):
     future_tolerance_s: float = Field(300.0, ge=0, description="events further in the future are rejected")
     signals: SignalWeights = Field(default_factory=SignalWeights)
 
+    # serving
+    host: str = Field("127.0.0.1", description="address the API binds; loopback unless told otherwise")
+    port: int = Field(8000, gt=0, lt=65536)
+    api_keys: str | None = Field(None, description="'key:scope+scope,key2:scope' with scopes read, "
+                                                   "write, admin; unset: no authentication")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are set")
+    max_body_bytes: int = Field(1_000_000, gt=0, description="larger request bodies get 413")
+    max_batch: int = Field(1000, gt=0, le=100_000, description="events per POST /v1/events")
+    bus_url: str = Field("memory://", description="event bus: memory:// or kafka://host:port")
+    cache_url: str = Field("memory://", description="homepage cache: memory://[/snapshot] or redis://")
+    state_url: str = Field("memory://", description="online state: memory:// or redis://")
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -1,0 +1,241 @@
+"""The HTTP API, built by ``create_app(settings)`` (OpenAPI at /docs).
+
+Handlers are thin: they parse, check the key's scope, and call ``reelrec.service``. One set of
+exception handlers maps reelrec's errors to HTTP: InvalidInput 422, NotFound 404, Conflict 409,
+Unavailable 503 (with Retry-After). Malformed JSON is 400, an oversized body 413.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from reelrec import __version__
+from reelrec.config import Settings, load_settings
+from reelrec.domain.catalog import Title
+from reelrec.errors import Conflict, InvalidInput, NotFound, ReelrecError, Unavailable
+from reelrec.serve.auth import ApiKeys
+from reelrec.service import Services, ingest_events, upsert_title
+
+
+# --- request / response models (separate from domain types) -----------------------------------
+class Rejected(BaseModel):
+    index: int | None = None
+    field: str
+    reason: str
+
+
+class IngestResponse(BaseModel):
+    accepted: int
+    rejected: list[Rejected]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: str
+    errors: list[Rejected] = []
+
+
+class TitleIn(BaseModel):
+    name: str = Field(..., min_length=1, max_length=500)
+    kind: Literal["movie", "series", "documentary"]
+    genres: list[str] = Field(default_factory=list, max_length=20)
+    release_date: dt.date | None = None
+    added_date: dt.date | None = None
+    origin_region: str | None = Field(None, max_length=8)
+    language: str | None = Field(None, max_length=16)
+    regions: list[str] = Field(default_factory=list, max_length=300)
+    runtime_min: float | None = Field(None, gt=0, le=10_000)
+    episodes: int | None = Field(None, gt=0, le=100_000)
+    episode_runtime_min: float | None = Field(None, gt=0, le=10_000)
+    maturity: str | None = Field(None, max_length=16)
+
+
+class TitleOut(TitleIn):
+    title_id: str
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("reelrec_request_seconds", "request latency by route",
+                                 ["route", "method"], registry=self.registry,
+                                 buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
+        self.events = Counter("reelrec_events_total", "events received by outcome", ["outcome"],
+                              registry=self.registry)
+        self.cache = Counter("reelrec_cache_reads_total", "homepage cache reads", ["result"],
+                             registry=self.registry)
+        self.speed_lag = Gauge("reelrec_speed_layer_lag_seconds",
+                               "age of the newest event the speed layer applied", registry=self.registry)
+        self.model_version = Gauge("reelrec_model_info", "serving model version", ["version"],
+                                   registry=self.registry)
+
+
+def _scope_dependency(scope: str):
+    async def check(request: Request) -> None:
+        keys: ApiKeys | None = request.app.state.api_keys
+        if keys is None:
+            return
+        presented = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if not presented and auth.lower().startswith("bearer "):
+            presented = auth[7:].strip()
+        scopes = keys.scopes_of(presented)
+        if scopes is None:
+            raise _HTTPError(401, "unauthorized", "a valid API key is required (X-API-Key header)",
+                             {"WWW-Authenticate": "Bearer"})
+        if scope not in scopes:
+            raise _HTTPError(403, "forbidden", f"this key lacks the {scope!r} scope")
+    return Depends(check)
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, error: str, detail: str, headers: dict | None = None):
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+READ, WRITE, ADMIN = _scope_dependency("read"), _scope_dependency("write"), _scope_dependency("admin")
+
+
+async def _json_body(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > request.app.state.settings.max_body_bytes:
+        raise _HTTPError(413, "payload_too_large",
+                         f"body is {len(body)} bytes; the limit is {request.app.state.settings.max_body_bytes}")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _HTTPError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """Build the API for ``settings`` (defaults: embedded backends under ./reelrec-data)."""
+    settings = settings or load_settings()
+    services = services or Services(settings)
+    app = FastAPI(title="reelrec", version=__version__,
+                  description="Homepages for a streaming catalog: events in, pages out.")
+    app.state.settings = settings
+    app.state.services = services
+    app.state.api_keys = ApiKeys.parse(settings.api_keys)
+    app.state.metrics = metrics = Metrics()
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "PUT"], allow_headers=["*"])
+
+    @app.middleware("http")
+    async def limits_and_timing(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            return _error(413, "payload_too_large",
+                          f"body is {length} bytes; the limit is {settings.max_body_bytes}")
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.latency.labels(getattr(route, "path", "unmatched"), request.method).observe(
+            time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(_HTTPError)
+    async def http_error(_: Request, exc: _HTTPError):
+        return _error(exc.status, exc.error, exc.detail, headers=exc.headers)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid(_: Request, exc: InvalidInput):
+        return _error(422, "invalid_input", str(exc), errors=[e.as_dict() for e in exc.errors])
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound):
+        return _error(404, "not_found", str(exc))
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, exc: Conflict):
+        return _error(409, "conflict", str(exc))
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(_: Request, exc: Unavailable):
+        return _error(503, "unavailable", str(exc), headers={"Retry-After": "5"})
+
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(_: Request, exc: RequestValidationError):
+        errs = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "reason": e["msg"]}
+                for e in exc.errors()]
+        return _error(422, "invalid_input", "; ".join(f"{e['field']}: {e['reason']}" for e in errs),
+                      errors=errs)
+
+    # --- health ---------------------------------------------------------------------------
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorResponse}})
+    def readyz():
+        checks = {"lake": _check(lambda: services.lake.partitions())}
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    def prometheus_metrics():
+        return PlainTextResponse(generate_latest(metrics.registry).decode(),
+                                 media_type="text/plain; version=0.0.4")
+
+    # --- events ---------------------------------------------------------------------------
+    @app.post("/v1/events", status_code=202, tags=["events"], dependencies=[WRITE],
+              response_model=IngestResponse,
+              responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                         422: {"model": IngestResponse}, 503: {"model": ErrorResponse}},
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"},
+                                                            "maxItems": settings.max_batch}]}}}}})
+    async def post_events(request: Request):
+        """One event (an object) or a batch (an array of up to ``max_batch``). 202 means every
+        accepted event is durable; rejected ones are listed by index with field and reason."""
+        body = await _json_body(request)
+        records = body if isinstance(body, list) else [body]
+        result = ingest_events(services, records)
+        metrics.events.labels("accepted").inc(result.accepted)
+        metrics.events.labels("rejected").inc(len({e.index for e in result.rejected}))
+        payload = {"accepted": result.accepted, "rejected": [e.as_dict() for e in result.rejected]}
+        return JSONResponse(payload, status_code=202 if result.accepted else 422)
+
+    # --- titles ---------------------------------------------------------------------------
+    @app.get("/v1/titles/{title_id}", tags=["titles"], dependencies=[READ], response_model=TitleOut,
+             responses={404: {"model": ErrorResponse}})
+    def get_title(title_id: str):
+        return TitleOut(**services.catalog.get(title_id).__dict__)
+
+    @app.put("/v1/titles/{title_id}", tags=["titles"], dependencies=[WRITE], response_model=TitleOut,
+             responses={422: {"model": ErrorResponse}})
+    def put_title(title_id: str, body: TitleIn):
+        title = upsert_title(services, Title(title_id=title_id, **body.model_dump()))
+        return TitleOut(**title.__dict__)
+
+    return app
+
+
+def _check(fn) -> str:
+    try:
+        fn()
+        return "ok"
+    except Exception as exc:  # readiness reports any failure of a backend as text
+        return f"error: {type(exc).__name__}: {exc}"[:200]
+
+
+def _error(status: int, error: str, detail: str, errors: list | None = None,
+           headers: dict | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": error, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers)
