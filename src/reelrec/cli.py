@@ -286,6 +286,20 @@ def demo(data: Optional[Path] = DataOpt,
     console.print(f"data directory: {s.data_dir.resolve()}  (try `reelrec lake stats --data {s.data_dir}`)")
 
 
+# --- serving ----------------------------------------------------------------------------------
+@app.command()
+def serve(data: Optional[Path] = DataOpt,
+          host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
+          port: Optional[int] = typer.Option(None, help="port (default 8000)")):
+    """Run the HTTP API on embedded defaults (or the backends named by REELREC_* settings)."""
+    import uvicorn
+    from reelrec.serve.api import create_app
+    from reelrec.config import load_settings
+    s = load_settings(data_dir=data, host=host, port=port)
+    console.print(f"reelrec serving {s.data_dir.resolve()} at http://{s.host}:{s.port}  (OpenAPI: /docs)")
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning")
+
+
 def main() -> None:
     from reelrec.log import setup_logging
     setup_logging()
