@@ -103,3 +103,14 @@ def test_arrow_round_trip(small_catalog, now):
     e = parse_event(ev(type="onboarding", title_id=None, genres=["crime"], event_id="x"), now=now)
     back = table_to_events(events_to_table([e]))[0]
     assert back == e
+
+
+@pytest.mark.parametrize("name", ["type", "slot_kind", "device", "user_id", "query", "genres", "ts"])
+@pytest.mark.parametrize("value", [{"a": 1}, [1, 2], True, 3.5])
+def test_wrong_json_types_are_field_errors_not_crashes(small_catalog, now, name, value):
+    rec = ev(type="impression", shelf_id="s", position=1, slot_kind="novel")
+    rec[name] = value
+    try:
+        parse_event(rec, titles=small_catalog, now=now)
+    except InvalidInput as exc:
+        assert name in fields_of(exc)

@@ -173,7 +173,7 @@ def parse_event(rec: Any, *, titles: TitleLookup | None = None, now: dt.datetime
     etype = rec.get("type")
     if etype is None:
         errs.append(FieldError("type", "is required"))
-    elif etype not in EVENT_TYPES:
+    elif not isinstance(etype, str) or etype not in EVENT_TYPES:
         errs.append(FieldError("type", f"unknown type {str(etype)[:40]!r}; expected one of "
                                        + ", ".join(EVENT_TYPES)))
         etype = None
@@ -248,7 +248,7 @@ def parse_event(rec: Any, *, titles: TitleLookup | None = None, now: dt.datetime
             errs.append(FieldError("position", "must not be negative"))
             position = None
     slot_kind = rec.get("slot_kind")
-    if slot_kind is not None and slot_kind not in SLOT_KINDS:
+    if slot_kind is not None and (not isinstance(slot_kind, str) or slot_kind not in SLOT_KINDS):
         errs.append(FieldError("slot_kind", f"must be one of {', '.join(SLOT_KINDS)}"))
         slot_kind = None
 
@@ -331,3 +331,36 @@ def events_to_table(events: list[Event]) -> pa.Table:
 
 def table_to_events(table: pa.Table) -> list[Event]:
     return [Event(**row) for row in table.to_pylist()]
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema of one event as clients send it (for the OpenAPI document). The per-type
+    payload rules, the catalog checks and the clock check are enforced by ``parse_event``."""
+    text = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN}
+    num = {"type": "number", "minimum": 0}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["user_id", "type", "ts"],
+        "properties": {
+            "event_id": {**text, "description": "idempotency key; generated when absent"},
+            "user_id": text,
+            "title_id": {**text, "description": "absent for search, onboarding and profile"},
+            "type": {"type": "string", "enum": list(EVENT_TYPES)},
+            "ts": {"description": "ISO 8601 (UTC when naive) or epoch seconds",
+                   "oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+            "device": {"type": "string", "enum": list(DEVICES)},
+            "region": {"type": "string", "minLength": 1, "maxLength": 8},
+            "session_id": text,
+            "position_s": {**num, "description": "position in the film or episode, seconds"},
+            "watched_s": {**num, "description": "seconds watched since the previous progress event"},
+            "rating": {"type": "number", "minimum": 0, "maximum": 10},
+            "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_LEN},
+            "genres": {"type": "array", "minItems": 1, "maxItems": 10,
+                       "items": {"type": "string", "minLength": 1}},
+            "shelf_id": text,
+            "position": {"type": "integer", "minimum": 0},
+            "slot_kind": {"type": "string", "enum": list(SLOT_KINDS)},
+            "language": {"type": "string", "minLength": 1, "maxLength": 16},
+        },
+    }

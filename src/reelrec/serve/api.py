@@ -10,16 +10,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from reelrec import __version__
 from reelrec.config import Settings, load_settings
 from reelrec.domain.catalog import Title
+from reelrec.domain.events import event_json_schema
 from reelrec.errors import Conflict, InvalidInput, NotFound, ReelrecError, Unavailable
 from reelrec.serve.auth import ApiKeys
 from reelrec.service import Services, ingest_events, upsert_title
@@ -43,19 +44,24 @@ class ErrorResponse(BaseModel):
     errors: list[Rejected] = []
 
 
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+
+
 class TitleIn(BaseModel):
     name: str = Field(..., min_length=1, max_length=500)
     kind: Literal["movie", "series", "documentary"]
-    genres: list[str] = Field(default_factory=list, max_length=20)
+    genres: list[Text] = Field(default_factory=list, max_length=20)
     release_date: dt.date | None = None
     added_date: dt.date | None = None
-    origin_region: str | None = Field(None, max_length=8)
-    language: str | None = Field(None, max_length=16)
-    regions: list[str] = Field(default_factory=list, max_length=300)
-    runtime_min: float | None = Field(None, gt=0, le=10_000)
+    origin_region: Code | None = None
+    language: Code | None = None
+    regions: list[Code] = Field(default_factory=list, max_length=300)
+    # minutes; 0.1 is six seconds, and keeps float32 storage away from underflow
+    runtime_min: float | None = Field(None, ge=0.1, le=10_000)
     episodes: int | None = Field(None, gt=0, le=100_000)
-    episode_runtime_min: float | None = Field(None, gt=0, le=10_000)
-    maturity: str | None = Field(None, max_length=16)
+    episode_runtime_min: float | None = Field(None, ge=0.1, le=10_000)
+    maturity: Code | None = None
 
 
 class TitleOut(TitleIn):
@@ -129,7 +135,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     """Build the API for ``settings`` (defaults: embedded backends under ./reelrec-data)."""
     settings = settings or load_settings()
     services = services or Services(settings)
-    app = FastAPI(title="reelrec", version=__version__,
+    common = {400: {"model": ErrorResponse, "description": "malformed request body"},
+              413: {"model": ErrorResponse, "description": "request body over the size limit"}}
+    if settings.api_keys:
+        common |= {401: {"model": ErrorResponse, "description": "no valid API key"},
+                   403: {"model": ErrorResponse, "description": "the key lacks the route's scope"}}
+    app = FastAPI(title="reelrec", version=__version__, responses=common,
                   description="Homepages for a streaming catalog: events in, pages out.")
     app.state.settings = settings
     app.state.services = services
@@ -157,6 +168,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @app.exception_handler(_HTTPError)
     async def http_error(_: Request, exc: _HTTPError):
         return _error(exc.status, exc.error, exc.detail, headers=exc.headers)
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_error(_: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(InvalidInput)
     async def invalid(_: Request, exc: InvalidInput):
@@ -202,10 +219,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # --- events ---------------------------------------------------------------------------
     @app.post("/v1/events", status_code=202, tags=["events"], response_model=IngestResponse,
               responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-                         422: {"model": IngestResponse}, 503: {"model": ErrorResponse}},
+                         422: {"model": IngestResponse | ErrorResponse}, 503: {"model": ErrorResponse}},
               **scoped("write", requestBody={"required": True, "content": {"application/json": {
-                  "schema": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"},
-                                                            "maxItems": settings.max_batch}]}}}}))
+                  "schema": {"oneOf": [event_json_schema(),
+                                       {"type": "array", "items": event_json_schema(), "minItems": 1,
+                                        "maxItems": settings.max_batch}]}}}}))
     async def post_events(request: Request):
         """One event (an object) or a batch (an array of up to ``max_batch``). 202 means every
         accepted event is durable; rejected ones are listed by index with field and reason."""
