@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,8 +39,8 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, deadline_s: float =
     raise RuntimeError(f"{what} did not listen on port {port} within {deadline_s} s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
@@ -131,6 +132,6 @@ def kafka_server():
         admin.list_topics(timeout=10)  # answers the Kafka protocol, not only accepts connections
         yield f"127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        _stop(proc, signal.SIGINT)  # tansu exits at once on SIGINT, lingers on SIGTERM
         log.close()
         os.unlink(log.name)
