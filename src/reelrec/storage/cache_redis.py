@@ -6,7 +6,7 @@ Key layout (``prefix`` defaults to ``rr``; see docs/backends.md)::
     rr:c:vers                HASH    version -> unix time of its first write
     rr:c:<version>:<key>     STRING  a page or shelf, e.g. rr:c:v20261101:u:42, with a TTL
 
-A read is one pipelined round trip: ``GET rr:c:cur`` plus ``MGET`` of the keys under the version
+A read is one ``MGET rr:c:cur rr:c:<v>:<key>...``: the pointer plus the keys under the version
 this client last saw. Only right after a switch does the pointer differ, and the read is repeated
 once under the new version. Every value of one MGET carries the same version in its key name, so
 a read never mixes two versions. The pointer is one key, so ``publish`` is one atomic ``SET``.
@@ -85,16 +85,16 @@ class RedisCache(HomepageCache):
         with translated("MGET", self.url):
             for _ in range(3):
                 seen = self._seen_version
-                pipe = self._r.pipeline(transaction=False)
-                pipe.get(self._cur)
-                if seen is not None and keys:
-                    pipe.mget([self._k(seen, k) for k in keys])
-                res = pipe.execute()
+                if seen is None:
+                    res = [self._r.get(self._cur)]
+                else:
+                    # The pointer rides in the same MGET as the pages: one command, one trip.
+                    res = self._r.mget([self._cur] + [self._k(seen, k) for k in keys])
                 cur = None if res[0] is None else res[0].decode()
                 if cur is None:
                     return CacheRead(None, [None] * len(keys))
                 if cur == seen:
-                    return CacheRead(cur, res[1] if keys else [])
+                    return CacheRead(cur, res[1:])
                 self._seen_version = cur  # the pointer moved: read again under the new version
             return CacheRead(cur, self._r.mget([self._k(cur, k) for k in keys]) if keys else [])
 
