@@ -210,3 +210,22 @@ def test_bad_urls_are_invalid_input(url, field):
     with pytest.raises(InvalidInput) as e:
         open_bus(url)
     assert e.value.errors[0].field == field
+
+
+def test_memory_bus_serves_every_partition_and_drops_what_every_group_committed():
+    bus = open_bus("memory://?partitions=4")
+    bus.publish(events(10_000, users=40))
+    a, b = bus.consumer("lake"), bus.consumer("speed", topic=bus.topic)
+    first = a.poll(max_messages=8)
+    assert len(first) == 8 and {m.partition for m in first} == {0, 1, 2, 3}
+    a.commit(first)
+    while batch := a.poll(max_messages=1_000, timeout=0):
+        a.commit(batch)
+    assert bus.retained() == 10_000  # "speed" has committed nothing yet
+    while batch := b.poll(max_messages=1_000, timeout=0):
+        b.commit(batch)
+    assert bus.retained() < 10_000 - 4 * 1024
+    a.close(), b.close()
+    bus.publish(events(5, users=5))
+    with bus.consumer("lake") as again:  # resumes after its commit, in the trimmed log
+        assert len(drain(again, 5)) == 5 and again.poll(timeout=0) == []

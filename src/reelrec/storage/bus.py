@@ -197,6 +197,24 @@ class EventBus(ABC):
 
 
 # -- the in-process bus ------------------------------------------------------------------------
+class _Partition:
+    """One partition's log. ``base`` is the offset of ``msgs[0]``: committed history is trimmed."""
+
+    __slots__ = ("base", "msgs")
+
+    def __init__(self):
+        self.base = 0
+        self.msgs: list[Message] = []
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.msgs)
+
+    def read(self, pos: int, n: int) -> list[Message]:
+        start = max(pos, self.base) - self.base  # below the trimmed history: earliest retained
+        return self.msgs[start:start + n]
+
+
 class _Group:
     def __init__(self):
         self.committed: dict[tuple[str, int], int] = {}
@@ -209,21 +227,40 @@ class MemoryBus(EventBus):
 
     a group's members on a topic split its partitions round-robin in join order; joining or
     leaving starts a new generation, and a member's newly assigned partitions start from the
-    group's committed offsets, so messages nobody committed are delivered again.
+    group's committed offsets, so messages nobody committed are delivered again. Messages every
+    group of a topic has committed are dropped (as Kafka's retention would), so a long-running
+    embedded server does not grow without bound; a group that appears later starts at the
+    earliest message kept.
     """
+
+    _TRIM_EVERY = 1024  # trim a partition once this many committed messages are behind everyone
 
     def __init__(self, *, topic: str = DEFAULT_TOPIC, partitions: int = 4):
         self.topic, self.partitions = topic, partitions
         self.dead_letter_topic = dead_letter_topic_of(topic)
-        self._logs: dict[str, list[list[Message]]] = {}
+        self._logs: dict[str, list[_Partition]] = {}
         self._groups: dict[str, _Group] = collections.defaultdict(_Group)
         self._cond = threading.Condition()
 
-    def _log(self, topic: str) -> list[list[Message]]:
+    def _log(self, topic: str) -> list[_Partition]:
         if topic not in self._logs:
             n = self.partitions if topic == self.topic else 1
-            self._logs[topic] = [[] for _ in range(n)]
+            self._logs[topic] = [_Partition() for _ in range(n)]
         return self._logs[topic]
+
+    def _trim(self, topic: str, partition: int) -> None:
+        groups = [g for g in self._groups.values()
+                  if g.members.get(topic) or any(t == topic for t, _ in g.committed)]
+        part = self._log(topic)[partition]
+        low = min(g.committed.get((topic, partition), 0) for g in groups)
+        if low - part.base >= self._TRIM_EVERY:
+            del part.msgs[:low - part.base]
+            part.base = low
+
+    def retained(self, topic: str | None = None) -> int:
+        """Messages held for ``topic`` (default: the events topic)."""
+        with self._cond:
+            return sum(len(p.msgs) for p in self._log(topic or self.topic))
 
     def publish(self, events, *, keys=None, topic=None, headers=None):
         topic = topic or self.topic
@@ -234,7 +271,7 @@ class MemoryBus(EventBus):
             log_ = self._log(topic)
             for key, value in encoded:
                 idx = zlib.crc32(key.encode()) % len(log_)
-                log_[idx].append(Message(topic, idx, len(log_[idx]), key, value, hdrs, now))
+                log_[idx].msgs.append(Message(topic, idx, log_[idx].end, key, value, hdrs, now))
             self._cond.notify_all()
         return len(encoded)
 
@@ -282,10 +319,15 @@ class MemoryConsumer(Consumer):
                 self._rebalance(self.bus._groups[self.group])
                 log_ = self.bus._log(self.topic)
                 out: list[Message] = []
-                for p, pos in self._positions.items():
-                    take = log_[p][pos:pos + max_messages - len(out)]
-                    out.extend(take)
-                    self._positions[p] = pos + len(take)
+                # A fair share per partition first, then fill up: one partition's backlog never
+                # starves the others.
+                share = max(1, max_messages // max(len(self._positions), 1))
+                for quota in (share, max_messages):
+                    for p, pos in self._positions.items():
+                        take = log_[p].read(pos, min(quota, max_messages - len(out)))
+                        out.extend(take)
+                        if take:
+                            self._positions[p] = take[-1].offset + 1
                     if len(out) >= max_messages:
                         break
                 left = deadline - time.monotonic()
@@ -302,6 +344,7 @@ class MemoryConsumer(Consumer):
                     raise Conflict(f"partition {p} of {topic} is not assigned to this consumer")
             for (topic, p), off in offsets_to_commit(messages).items():
                 g.committed[(topic, p)] = off
+                self.bus._trim(topic, p)
 
     def assignment(self):
         with self.bus._cond:
