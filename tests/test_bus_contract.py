@@ -50,6 +50,7 @@ def seqs(messages: list[Message]) -> list[int]:
 
 
 def test_one_users_events_stay_in_order(bus):
+    bus.ping()
     sent = events(120, users=7)
     assert bus.publish(sent[:50]) == 50
     assert bus.publish(sent[50:]) == 70
@@ -198,6 +199,8 @@ def test_unreachable_kafka_is_unavailable():
         b.publish([{"user_id": "u1"}])
     with pytest.raises(Unavailable):
         b.consumer("g")
+    with pytest.raises(Unavailable):
+        b.ping()
     assert time.monotonic() - t < 15
 
 

@@ -176,7 +176,7 @@ class EventBus(ABC):
             raise InvalidInput(f"has {len(reasons)} reasons for {len(messages)} messages", field="reason")
         n = 0
         for m, r in zip(messages, reasons):
-            n += self.publish([m.value], keys=[m.key or ""], topic=self.dead_letter_topic, headers={
+            n += self.publish([m.value], keys=[m.key or "-"], topic=self.dead_letter_topic, headers={
                 "reason": r, "source_topic": m.topic, "source_partition": str(m.partition),
                 "source_offset": str(m.offset)})
         log.warning("dead-lettered", messages=n, topic=self.dead_letter_topic)

@@ -50,22 +50,33 @@ class KafkaBus(EventBus):
         self.session_timeout_ms = session_timeout_ms
         self._base = {"bootstrap.servers": bootstrap, **(extra or {})}
         self._producer: Producer | None = None
+        self._admin: AdminClient | None = None
         self._ready_topics: set[str] = set()
         self._lock = threading.Lock()
 
     # -- topics ---------------------------------------------------------------------------------
+    def _get_admin(self) -> AdminClient:
+        with self._lock:
+            if self._admin is None:
+                try:
+                    self._admin = AdminClient({**self._base,
+                                               "socket.timeout.ms": int(self.timeout_s * 1000)})
+                except KafkaException as exc:
+                    raise _config_error(exc) from None
+            return self._admin
+
+    def _list_topics(self, timeout: float) -> dict:
+        try:
+            return self._get_admin().list_topics(timeout=timeout).topics
+        except KafkaException as exc:
+            raise Unavailable(f"kafka at {self.bootstrap} unreachable: {exc}") from exc
+
     def _ensure_topics(self, *topics: str) -> None:
         missing = [t for t in topics if t not in self._ready_topics]
         if not missing:
             return
-        try:
-            admin = AdminClient({**self._base, "socket.timeout.ms": int(self.timeout_s * 1000)})
-        except KafkaException as exc:
-            raise _config_error(exc) from None
-        try:
-            existing = admin.list_topics(timeout=self.timeout_s).topics
-        except KafkaException as exc:
-            raise Unavailable(f"kafka at {self.bootstrap} unreachable: {exc}") from exc
+        admin = self._get_admin()
+        existing = self._list_topics(self.timeout_s)
         new = [NewTopic(t, self.partitions if t == self.topic else 1, self.replication)
                for t in missing if t not in existing]
         for t, fut in admin.create_topics(new, request_timeout=self.timeout_s).items() if new else []:
@@ -146,7 +157,8 @@ class KafkaBus(EventBus):
         return KafkaConsumer(c, group, topic, self.timeout_s)
 
     def ping(self):
-        self._ensure_topics(self.topic)
+        # A metadata round trip every time: readiness must notice a broker that went away.
+        self._list_topics(min(self.timeout_s, 5.0))
 
     def close(self):
         with self._lock:
