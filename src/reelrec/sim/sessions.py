@@ -85,6 +85,8 @@ class Shelves:
         gt = np.repeat(t_all, 3)
         gg = cat.genre_idx.ravel().astype(np.int64)
         gt, gg = gt[gg >= 0], gg[gg >= 0]
+        by_genre = np.lexsort((gt, gg))
+        gt, gg = gt[by_genre], gg[by_genre]
         segs, titles, weights = [], [], []
         for r in range(V.R):
             a = cat.avail[:, r]
@@ -103,8 +105,7 @@ class Shelves:
         seg = np.concatenate(segs)
         tit = np.concatenate(titles)
         w = np.concatenate(weights)
-        order = np.lexsort((tit, seg))
-        seg, tit, w = seg[order], tit[order], w[order]
+        # appended region by region, columns and genres ascending: already sorted by segment
         n_seg = V.R * NCOL
         counts = np.bincount(seg, minlength=n_seg)
         ends = np.cumsum(counts)
@@ -137,7 +138,11 @@ class Shelves:
         """One title per (region, column) pair by popularity; -1 where the region has none."""
         seg = self.resolve[region.astype(np.int64) * NCOL + col]
         ok = seg >= 0
-        pos = np.searchsorted(self.cdf, np.where(ok, seg, 0) + rng.random(len(seg)), side="right")
+        x = np.where(ok, seg, 0) + rng.random(len(seg))
+        # sorted queries walk the CDF once instead of jumping around it (several times faster)
+        order = np.argsort(x)
+        pos = np.empty(len(x), np.int64)
+        pos[order] = np.searchsorted(self.cdf, x[order], side="right")
         pos = np.minimum(pos, len(self.titles) - 1)
         return np.where(ok, self.titles[pos], -1)
 
@@ -207,8 +212,9 @@ def day_events(ctx: DayContext, rng: np.random.Generator, users: np.ndarray, day
                history: History) -> tuple[dict[str, np.ndarray], dict, History]:
     """Events of ``users`` (global row indices, sorted) on simulated day ``day``.
 
-    Returns the event columns (codes and indices; see ``world._to_table``), the onboarding
-    genre lists' row indices, and the history extended with today's completions.
+    Returns the event columns sorted by time (codes and row indices; ``world._to_table`` turns
+    them into the lake's schema), counts of sessions and plays, and the history extended with
+    today's completions. Events past the end of the window are dropped.
     """
     cat, pop, truth = ctx.cat, ctx.pop, ctx.truth
     day_s = ctx.start_s + day * DAY_S
