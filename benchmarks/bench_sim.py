@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_gib": round(peak_kb / 2**20, 2), "rss_at_start_gib": round(rss_before / 2**30, 2),
         "lake_mib": round(lake_bytes / 2**20, 1),
         "machine": f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-                   f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
+                   f"{platform.machine()}, Python {platform.python_version()}",
     }
     print(json.dumps(result, indent=2))
-    print(f"| {args.users:,} x {args.titles:,} x {args.days} | {summary.users:,} | {summary.events:,} "
-          f"| {wall:.1f} s | {result['events_per_s']:,} | {result['peak_rss_gib']} GiB "
-          f"| {result['lake_mib']} MiB |", file=sys.stderr)
+    print(f"| {args.users:,} x {args.titles:,} x {args.days} | {summary.users:,} "
+          f"| {summary.events:,} | {wall:.1f} s | {result['events_per_s']:,} "
+          f"| {result['peak_rss_gib']} GiB | {result['lake_mib']} MiB |", file=sys.stderr)
     return result
 
 

@@ -118,7 +118,8 @@ def test_population_shape():
     # long tail of activity
     assert np.percentile(pop.activity, 99) > 8 * np.median(pop.activity)
     start_s = (START - dt.date(1970, 1, 1)).days * 86400
-    assert (pop.signup_s[pop.joiner] >= start_s).all() and (pop.signup_s[~pop.joiner] < start_s).all()
+    assert (pop.signup_s[pop.joiner] >= start_s).all()
+    assert (pop.signup_s[~pop.joiner] < start_s).all()
     picks = pop.picks.to_pylist()
     n_picks = np.array([len(p) for p in picks])
     assert (n_picks[pop.onboarded] >= 3).all() and (n_picks[pop.onboarded] <= 5).all()

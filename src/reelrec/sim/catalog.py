@@ -106,7 +106,8 @@ def make_catalog(rng: np.random.Generator, n_titles: int, n_new: int, start: dt.
 
     # --- genres: a primary one, then up to two co-genres drawn from its co-occurrence row --------
     w_fic = np.array([V.PRIMARY_WEIGHT.get(g, 0.0) if g in V.FICTION else 0.0 for g in V.GENRES])
-    w_doc = np.array([V.PRIMARY_WEIGHT.get(g, 0.0) if g in V.DOCUMENTARY else 0.0 for g in V.GENRES])
+    w_doc = np.array([V.PRIMARY_WEIGHT.get(g, 0.0) if g in V.DOCUMENTARY else 0.0
+                      for g in V.GENRES])
     primary = np.where(is_doc, rng.choice(V.G, size=n, p=w_doc / w_doc.sum()),
                        rng.choice(V.G, size=n, p=w_fic / w_fic.sum()))
     u = rng.random(n)
@@ -116,11 +117,13 @@ def make_catalog(rng: np.random.Generator, n_titles: int, n_new: int, start: dt.
     regional[(reg == V.RI["KR"]) & (kind == V.SERIES) & (u < 0.85)] = V.GI["k-drama"]
     regional[(reg == V.RI["KR"]) & (kind == V.MOVIE) & (u < 0.15)] = V.GI["k-drama"]
     regional[(reg == V.RI["JP"]) & ~is_doc & (u < 0.6)] = V.GI["anime"]
-    regional[np.isin(reg, [V.RI["MX"], V.RI["BR"]]) & (kind == V.SERIES) & (u < 0.5)] = V.GI["telenovela"]
+    latin = np.isin(reg, [V.RI["MX"], V.RI["BR"]])
+    regional[latin & (kind == V.SERIES) & (u < 0.5)] = V.GI["telenovela"]
     primary = np.where(regional >= 0, regional, primary)
 
     co = V.cooccurrence_matrix()
-    allowed = np.where(is_doc[:, None], V.DOC_MASK[None, :], (V.FICTION_MASK & ~V.REGIONAL_MASK)[None, :])
+    allowed = np.where(is_doc[:, None], V.DOC_MASK[None, :],
+                       (V.FICTION_MASK & ~V.REGIONAL_MASK)[None, :])
     n_genres = rng.choice([1, 2, 3], size=n, p=[0.3, 0.45, 0.25])
     anime = primary == V.GI["anime"]
     n_genres = np.where(anime, np.maximum(n_genres, 2), n_genres)

@@ -53,7 +53,8 @@ def make_population(rng: np.random.Generator, n_users: int, n_joiners: int, star
                     days: int) -> Population:
     """``n_users`` who signed up before ``start`` plus ``n_joiners`` who join during the days."""
     n = n_users + n_joiners
-    region = rng.choice(V.R, size=n, p=V.REGION_USER_SHARE / V.REGION_USER_SHARE.sum()).astype(np.int8)
+    share = V.REGION_USER_SHARE / V.REGION_USER_SHARE.sum()
+    region = rng.choice(V.R, size=n, p=share).astype(np.int8)
     device = np.empty(n, dtype=np.int8)
     lang = np.empty(n, dtype=object)
     u = rng.random(n)
@@ -105,8 +106,8 @@ def make_population(rng: np.random.Generator, n_users: int, n_joiners: int, star
     order = np.argsort(-pick_scores, axis=1)[:, :5]
     keep = np.arange(5)[None, :] < n_picks[:, None]
     offsets = np.concatenate([[0], np.cumsum(n_picks)]).astype(np.int32)
-    picks = pa.ListArray.from_arrays(pa.array(offsets),
-                                     pa.array(V.GENRES).take(pa.array(order[keep].astype(np.int32))))
+    picked = pa.array(V.GENRES).take(pa.array(order[keep].astype(np.int32)))
+    picks = pa.ListArray.from_arrays(pa.array(offsets), picked)
 
     width = max(6, len(str(n)))
     ids = pa.array([f"u{i:0{width}d}" for i in range(n)])

@@ -404,14 +404,16 @@ def day_events(ctx: DayContext, rng: np.random.Generator, users: np.ndarray, day
              ts=v_ts[h_view] + h_pos, position_s=h_pos, watched_s=h_inc),
         dict(type=T_["complete"], sess=v_sess[complete], title=v_title[complete],
              ts=v_ts[complete] + watched[complete] + 1.0),
-        dict(type=T_["thumbs_up"], sess=v_sess[up], title=v_title[up], ts=v_ts[up] + watched[up] + 5.0),
+        dict(type=T_["thumbs_up"], sess=v_sess[up], title=v_title[up],
+             ts=v_ts[up] + watched[up] + 5.0),
         dict(type=T_["thumbs_down"], sess=v_sess[down], title=v_title[down],
              ts=v_ts[down] + watched[down] + 5.0),
         dict(type=T_["watchlist_add"], sess=i_sess[wl], title=title[wl], ts=i_ts[wl] + 3.0),
         dict(type=T_["watchlist_remove"], sess=i_sess[wl_rm], title=title[wl_rm], ts=wl_rm_ts),
-        dict(type=T_["search"], sess=srch, ts=ts0[srch] + 20.0, query=q_genre[srch] * len(QUERY_FORMS)
-             + rng.integers(0, len(QUERY_FORMS), len(srch))),
-        dict(type=T_["onboarding"], sess=onb_sess, ts=ts0[onb_sess] - 30.0, onboard=s_user[onb_sess]),
+        dict(type=T_["search"], sess=srch, ts=ts0[srch] + 20.0,
+             query=q_genre[srch] * len(QUERY_FORMS) + rng.integers(0, len(QUERY_FORMS), len(srch))),
+        dict(type=T_["onboarding"], sess=onb_sess, ts=ts0[onb_sess] - 30.0,
+             onboard=s_user[onb_sess]),
     ]
     cols = _concat(blocks)
     cols["user"] = s_user[cols["sess"]]

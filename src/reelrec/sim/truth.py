@@ -161,7 +161,8 @@ def _lookup(ids: np.ndarray, wanted, what: str) -> np.ndarray:
     rows = order[pos]
     bad = ids[rows] != wanted
     if bad.any():
-        raise NotFound(f"unknown {what} {str(wanted[np.argmax(bad)])!r} in the world's ground truth")
+        first = str(wanted[np.argmax(bad)])
+        raise NotFound(f"unknown {what} {first!r} in the world's ground truth")
     return rows
 
 

@@ -142,11 +142,12 @@ def simulate(cfg: SimConfig, settings: Settings) -> SimSummary:
     cat = make_catalog(np.random.default_rng([cfg.seed, 1]), cfg.titles, n_new, cfg.start, cfg.days)
     pop = make_population(np.random.default_rng([cfg.seed, 2]), cfg.users, n_join, cfg.start,
                           cfg.days)
+    as_str = lambda col: np.asarray(col.to_numpy(zero_copy_only=False), dtype=str)  # noqa: E731
     truth = Truth(
-        user_ids=np.asarray(pop.table.column("user_id").to_numpy(zero_copy_only=False), dtype=str),
+        user_ids=as_str(pop.table.column("user_id")),
         user_region=pop.region, taste=pop.taste, kind_share=pop.kind_share,
         user_factors=pop.factors,
-        title_ids=np.asarray(cat.table.column("title_id").to_numpy(zero_copy_only=False), dtype=str),
+        title_ids=as_str(cat.table.column("title_id")),
         title_kind=cat.kind, title_origin=cat.origin, genre_idx=cat.genre_idx,
         genre_w=cat.genre_w, title_factors=cat.factors, quality=cat.quality, avail=cat.avail,
         added_s=cat.added_s, start_s=start_s, end_s=end_s)
