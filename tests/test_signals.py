@@ -99,3 +99,15 @@ def test_series_finished_only_after_every_episode(small_catalog):
 def test_impressions_do_not_create_interactions(small_catalog):
     assert fold(small_catalog, ("m1", "impression", 0,
                                 {"shelf_id": "top", "position": 1, "slot_kind": "exploit"})) == {}
+
+
+def test_series_binge_is_not_a_rewatch_but_earns_an_episode_bonus(small_catalog):
+    # three episodes back to back: episodes 2 and 3 are new viewing, not rewatches
+    specs = []
+    for ep in range(3):
+        specs += [("s1", "play_start", ep * 60, {}), ("s1", "complete", ep * 60 + 50, {})]
+    r = fold(small_catalog, *specs)["s1"]
+    assert r["rewatches"] == 0 and r["completes"] == 3 and r["finished"]
+    assert r["weight"] == pytest.approx(W.complete + 2 * W.episode_bonus)
+    again = fold(small_catalog, *specs, ("s1", "play_start", 500, {}))["s1"]
+    assert again["rewatches"] == 1 and not again["finished"]

@@ -38,6 +38,8 @@ class SignalWeights(BaseModel):
     dropoff: float = Field(-1.5, le=0, description="weight of an early drop-off")
     rewatch: float = Field(3.0, ge=0, description="each play after a completion")
     rewatch_cap: int = Field(3, ge=0, description="rewatches counted at most")
+    episode_bonus: float = Field(0.5, ge=0, description="each completed series episode past the first")
+    episode_bonus_cap: int = Field(4, ge=0, description="episodes counted for the bonus at most")
     thumbs_up: float = Field(3.0, ge=0)
     thumbs_down: float = Field(-5.0, le=0)
     watchlist_only: float = Field(0.5, ge=0, description="watchlist add with no playback: weak positive")

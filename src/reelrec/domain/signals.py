@@ -9,7 +9,9 @@ count, the latest rating and the last time. From it a signed confidence weight
 * drop-off: a movie/documentary left before ``dropoff_seconds`` (20 min), or a series episode
   under ``dropoff_series_fraction`` (25 %): negative ``dropoff``;
 * otherwise a partial watch: ``partial`` x completion fraction;
-* each rewatch (a play after a completion, capped): ``rewatch``, among the strongest positives;
+* each rewatch (a play after finishing: a film completed, a series with every episode
+  completed; capped): ``rewatch``, among the strongest positives;
+* a series binge: ``episode_bonus`` for each completed episode past the first (capped);
 * the latest thumb: ``thumbs_up`` / ``thumbs_down`` (sparse but strong);
 * a watchlist add (not removed) with no playback: weak positive ``watchlist_only``;
 * skip intro / recap: familiarity, ``skip_familiarity`` each up to ``skip_cap``;
@@ -42,12 +44,20 @@ WITH e AS (
            t.kind, t.runtime_s, t.episodes
     FROM ev JOIN titles t USING (title_id)
     WHERE ev.title_id IS NOT NULL AND ev.type <> 'impression'
-), w AS (
+), r AS (
     SELECT *,
-        min(ts) FILTER (WHERE type = 'complete'
-                        OR (type = 'progress' AND runtime_s > 0 AND position_s >= $thr * runtime_s))
-            OVER (PARTITION BY user_id, title_id) AS first_complete_ts
+        count(*) FILTER (WHERE type = 'complete')
+            OVER (PARTITION BY user_id, title_id ORDER BY ts ROWS UNBOUNDED PRECEDING) AS completes_so_far
     FROM e
+), w AS (
+    -- finished: a film at its first completion; a series once every episode is completed
+    SELECT *,
+        min(ts) FILTER (WHERE
+            (kind = 'series' AND completes_so_far >= greatest(coalesce(episodes, 1), 1))
+            OR (kind <> 'series' AND (type = 'complete'
+                OR (type = 'progress' AND runtime_s > 0 AND position_s >= $thr * runtime_s))))
+            OVER (PARTITION BY user_id, title_id) AS first_complete_ts
+    FROM r
 )
 SELECT
     user_id, title_id,
@@ -142,6 +152,8 @@ def _weigh(f: pa.Table, w: SignalWeights) -> pa.Table:
     weight += np.where(partial, w.partial * completion, 0.0)
     weight += np.where(bare_play, w.play_start, 0.0)
     weight += w.rewatch * np.minimum(rewatches, w.rewatch_cap)
+    # a series binge: every finished episode past the first adds a little, capped
+    weight += np.where(series, w.episode_bonus * np.clip(completes - 1, 0, w.episode_bonus_cap), 0.0)
     weight += np.where(thumbs > 0, w.thumbs_up, 0.0) + np.where(thumbs < 0, w.thumbs_down, 0.0)
     weight += np.where(on_watchlist & (plays == 0) & ~watched, w.watchlist_only, 0.0)
     weight += np.minimum(w.skip_familiarity * skips, w.skip_cap)
