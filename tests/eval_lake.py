@@ -15,6 +15,7 @@ import pyarrow.csv as pacsv
 
 from reelrec.config import Settings, load_settings
 from reelrec.domain.catalog import TITLE_SCHEMA, Catalog
+from reelrec.domain.events import EVENT_SCHEMA
 from reelrec.storage.lake import open_lake
 
 ML100K_GENRES = ["unknown", "action", "adventure", "animation", "children", "comedy", "crime",
@@ -26,14 +27,16 @@ def rating_events(user: np.ndarray, item: np.ndarray, rating: np.ndarray, ts_s: 
                   prefix: str) -> pa.Table:
     u = pa.array([f"u{x}" for x in user])
     t = pa.array([f"{prefix}{x}" for x in item])
-    return pa.table({
+    cols = {
         "event_id": pc.binary_join_element_wise(u, t, ":"),
         "user_id": u,
         "title_id": t,
         "type": pa.array(["rating"] * len(user)),
         "ts": pa.array((np.asarray(ts_s, dtype=np.int64) * 1000), pa.timestamp("ms", tz="UTC")),
         "rating": pa.array(np.asarray(rating, dtype=np.float32)),
-    })
+    }
+    return pa.table([cols[f.name] if f.name in cols else pa.nulls(len(user), f.type)
+                     for f in EVENT_SCHEMA], schema=EVENT_SCHEMA)
 
 
 def catalog_table(ids: list[str], names: list[str], genres: list[list[str]]) -> pa.Table:
