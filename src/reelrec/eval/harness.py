@@ -68,11 +68,15 @@ def _as_recs(recs: object, n_users: int, n: int) -> np.ndarray:
 
 def score_lists(recs: np.ndarray, split: Split, k: int, genres: sp.csr_matrix,
                 truth: sp.csr_matrix | None = None, candidates: np.ndarray | None = None
-                ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Every metric of one model on one split; and its metric@K curves."""
+                ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, list[float]]]:
+    """Every metric of one model on one split; 95 % bootstrap intervals (over test users) of
+    NDCG, precision and recall; and the metric@K curves."""
     x = binary(split.train.matrix.positives)
     pop = np.asarray(x.sum(axis=0)).ravel()
-    out = M.accuracy(recs[:, :k], split.relevant, k)
+    per = M.per_user(recs[:, :k], split.relevant, k)
+    out = {f"{name}@{k}": float(v.mean()) if len(v) else 0.0 for name, v in per.items()}
+    ci = {f"{name}@{k}": M.bootstrap_ci(per[name], seed=split.seed)
+          for name in ("ndcg", "precision", "recall")}
     out[f"recall@{CANDIDATE_N}"] = M.accuracy(recs[:, :CANDIDATE_N], split.relevant,
                                               CANDIDATE_N)[f"recall@{CANDIDATE_N}"]
     out["coverage"] = M.coverage(recs[:, :k], int((pop > 0).sum()))
@@ -88,7 +92,7 @@ def score_lists(recs: np.ndarray, split: Split, k: int, genres: sp.csr_matrix,
             out[f"true_precision@{k}"] = acc[f"precision@{k}"]
             out[f"true_recall@{k}"] = acc[f"recall@{k}"]
             out[f"true_ndcg@{k}"] = acc[f"ndcg@{k}"]
-    return out, M.curves(recs[:, :CURVE_MAX_K], split.relevant, range(1, CURVE_MAX_K + 1))
+    return out, ci, M.curves(recs[:, :CURVE_MAX_K], split.relevant, range(1, CURVE_MAX_K + 1))
 
 
 def _aggregate(runs: list[dict[str, float]]) -> dict:
@@ -143,6 +147,7 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
     runs: dict[str, list[dict]] = {m: [] for m in models}
     curves: dict[str, list[dict]] = {m: [] for m in models}
     params: dict[str, list] = {m: [] for m in models}
+    cis: dict[str, list[dict]] = {m: [] for m in models}
     unavailable: dict[str, str] = {}
     notes: dict[str, list[str]] = {}
     splits_info = []
@@ -191,10 +196,11 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
                 runs[name].clear()
                 say(f"  {name}: failed: {exc}")
                 continue
-            scores, curve = score_lists(recs, split, k, genres, truth, cands)
+            scores, ci, curve = score_lists(recs, split, k, genres, truth, cands)
             scores["fit_s"], scores["recommend_s"] = fit_s, rec_s
             runs[name].append(scores)
             curves[name].append(curve)
+            cis[name].append(ci)
             params[name].append(getattr(r.model, "params", {}) or {})
             say(f"  {name}: ndcg@{k} {scores[f'ndcg@{k}']:.4f}  precision@{k} "
                 f"{scores[f'precision@{k}']:.4f}  fit {fit_s:.1f} s, recommend {rec_s:.1f} s")
@@ -206,6 +212,10 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
         agg = _aggregate(runs[name])
         agg["curves"] = {metric: np.mean([c[metric] for c in curves[name]], axis=0).round(6).tolist()
                          for metric in curves[name][0]}
+        # one interval per seed; with several seeds the std across seeds is the spread to read
+        agg["ci95"] = {m: [round(v, 6) for v in iv] for m, iv in cis[name][0].items()} \
+            if len(cis[name]) == 1 else [{m: [round(v, 6) for v in iv] for m, iv in c.items()}
+                                         for c in cis[name]]
         agg["params"] = params[name] if len(params[name]) > 1 else params[name][0]
         if name in notes:
             agg["notes"] = notes[name]

@@ -86,6 +86,20 @@ def accuracy(recs: np.ndarray, relevant: sp.csr_matrix, k: int) -> dict[str, flo
     return {f"{name}@{k}": float(v.mean()) if len(v) else 0.0 for name, v in per.items()}
 
 
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                 chunk: int = 100) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-user ``values`` (users resampled with
+    replacement): the spread a single split hides, e.g. a temporal split with few test users."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([v[rng.integers(0, len(v), (min(chunk, n_boot - s), len(v)))].mean(axis=1)
+                            for s in range(0, n_boot, chunk)])
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def curves(recs: np.ndarray, relevant: sp.csr_matrix, ks: range | list[int]) -> dict[str, list[float]]:
     """Each accuracy metric for every K in ``ks`` (metric@K curves)."""
     out: dict[str, list[float]] = {name: [] for name in ACCURACY}

@@ -17,7 +17,12 @@ def _cell(model: dict, key: str) -> str:
     if key not in model:
         return "-"
     std = model.get("std", {}).get(key)
-    return f"{model[key]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+    if std is not None:
+        return f"{model[key]:.4f} ± {std:.4f}"
+    ci = model.get("ci95", {})
+    if isinstance(ci, dict) and key in ci:
+        return f"{model[key]:.4f} [{ci[key][0]:.3f}, {ci[key][1]:.3f}]"
+    return f"{model[key]:.4f}"
 
 
 def markdown(doc: dict) -> str:
@@ -33,6 +38,9 @@ def markdown(doc: dict) -> str:
         f"Seeds {', '.join(map(str, doc['seeds']))}; {split['train_interactions']:,} training "
         f"interactions, {split['test_users']:,} test users, {split['relevant']:,} relevant titles"
         + (f"; cut at {split['cutoff']}" if "cutoff" in split else "") + ".",
+        "",
+        "Cells: mean ± standard deviation over seeds; with one seed, the 95 % bootstrap interval "
+        "over test users in brackets.",
         "",
         "| model | " + " | ".join(cols) + " | fit s |",
         "|---|" + "---:|" * (len(cols) + 1),
