@@ -111,3 +111,19 @@ def test_batch_models_are_reported_unavailable_without_the_batch_layer():
     assert ranker.model is None and "reelrec.batch.pipeline" in ranker.reason
     als = resolve("als")
     assert isinstance(als.model, ImplicitALSRecommender) and als.notes
+
+
+def test_batch_lookup_finds_a_recommender_class_by_name(tmp_path, monkeypatch):
+    """The batch layer exposes classes such as ``ALSRecommender`` with ``name = "als"``."""
+    from reelrec.eval.models import _from_batch
+    (tmp_path / "evalbatchdemo.py").write_text(
+        "from reelrec.eval.models import PopularityRecommender\n"
+        "class Ranker(PopularityRecommender):\n"
+        "    name = 'reelrec-ranker'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = _from_batch("reelrec-ranker", seed=1, module="evalbatchdemo")
+    assert type(model).__name__ == "Ranker" and model.seed == 1
+    data, _ = block_world()
+    assert model.fit(data).recommend(np.arange(3), 2).shape == (3, 2)
+    with pytest.raises(Exception, match="no recommender named 'als'"):
+        _from_batch("als", seed=1, module="evalbatchdemo")

@@ -13,18 +13,16 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pyarrow as pa
 import scipy.sparse as sp
 
 from reelrec.config import Settings
 from reelrec.domain.catalog import Catalog
-from reelrec.domain.matrix import index_of
 from reelrec.domain.users import load_users
 from reelrec.errors import FieldError, InvalidInput, NotFound, ReelrecError
 from reelrec.eval import metrics as M
 from reelrec.eval.models import DEFAULT_MODELS, binary, resolve
 from reelrec.eval.splits import PROTOCOLS, Split, make_split, seen_matrix
-from reelrec.eval.truth import load_truth
+from reelrec.eval.truth import load_truth, relevance
 from reelrec.log import get_logger
 from reelrec.storage.lake import open_lake
 
@@ -38,22 +36,6 @@ Progress = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
-
-
-def truth_relevance(truth: pa.Table, split: Split) -> sp.csr_matrix:
-    """Ground-truth titles of each test user, minus the titles seen in training."""
-    m = split.train.matrix
-    rows = index_of(truth.column("user_id"), pa.array(list(m.user_ids[split.test_rows]), pa.string()))
-    cols = index_of(truth.column("title_id"), pa.array(list(m.title_ids), pa.string()))
-    keep = (rows >= 0) & (cols >= 0)
-    rel = sp.csr_matrix((np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], cols[keep])),
-                        shape=(len(split.test_rows), m.shape[1]))
-    rel.sum_duplicates()
-    rel.data[:] = 1.0
-    seen = seen_matrix(m)[split.test_rows]
-    rel = rel - rel.multiply(seen)
-    rel.eliminate_zeros()
-    return sp.csr_matrix(rel)
 
 
 def _as_recs(recs: object, n_users: int, n: int) -> np.ndarray:
@@ -165,7 +147,10 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
         say(f"seed {seed}: {protocol} split: {info['train_interactions']:,} training interactions, "
             f"{info['test_users']:,} test users, {info['relevant']:,} relevant titles "
             f"({time.perf_counter() - t:.1f} s)")
-        truth = truth_relevance(truth_found[0], split) if truth_found else None
+        truth = None
+        if truth_found is not None:
+            truth = relevance(truth_found, m.user_ids[split.test_rows], m.title_ids,
+                              seen_matrix(m)[split.test_rows], k)
         for name in models:
             if name in unavailable:
                 continue
@@ -229,7 +214,7 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
         "unavailable": unavailable,
         "split": splits_info if len(splits_info) > 1 else splits_info[0],
         "data": {"events": events.num_rows, "titles": len(catalog),
-                 "ground_truth": truth_found[1] if truth_found else None},
+                 "ground_truth": truth_found.source if truth_found else None},
         "definitions": "Microsoft Recommenders ranking metrics; map@K divides by min(relevant, K), "
                        "map_all@K by the number of relevant titles; see docs/evaluation.md",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

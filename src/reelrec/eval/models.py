@@ -280,17 +280,18 @@ def _takes_seed(fn: Callable) -> bool:
     return "seed" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def _from_batch(name: str, seed: int) -> Recommender:
-    """Ask the batch layer for ``name``: ``make_recommender(name, seed=...)`` or a
-    ``RECOMMENDERS`` mapping of name -> factory in ``reelrec.batch.pipeline``.
+def _from_batch(name: str, seed: int, module: str = BATCH_MODULE) -> Recommender:
+    """Ask the batch layer for ``name``, in this order: a ``make_recommender(name, seed=...)``
+    function, a ``RECOMMENDERS`` mapping of name -> factory, or a class whose ``name`` attribute
+    is ``name`` (``ALSRecommender.name == "als"``), built with no arguments (or ``seed=``).
 
     Raises:
         Unavailable: the batch layer is not installed or does not provide ``name``.
     """
     try:
-        mod = importlib.import_module(BATCH_MODULE)
+        mod = importlib.import_module(module)
     except ImportError as exc:
-        raise Unavailable(f"{BATCH_MODULE} cannot be imported ({exc})") from None
+        raise Unavailable(f"{module} cannot be imported ({exc})") from None
     make = getattr(mod, "make_recommender", None)
     if callable(make):
         return make(name, seed=seed) if _takes_seed(make) else make(name)
@@ -298,7 +299,11 @@ def _from_batch(name: str, seed: int) -> Recommender:
     if isinstance(table, dict) and name in table:
         factory = table[name]
         return factory(seed=seed) if _takes_seed(factory) else factory()
-    raise Unavailable(f"{BATCH_MODULE} provides no recommender named {name!r}")
+    for attr in vars(mod).values():
+        if inspect.isclass(attr) and getattr(attr, "name", None) == name \
+                and callable(getattr(attr, "fit", None)) and callable(getattr(attr, "recommend", None)):
+            return attr(seed=seed) if _takes_seed(attr) else attr()
+    raise Unavailable(f"{module} provides no recommender named {name!r}")
 
 
 def resolve(name: str, seed: int = 0) -> Resolved:
