@@ -114,3 +114,18 @@ def test_ml100k_msr_stratified_popularity_and_ease(ml100k, tmp_path):
     assert 0.22 < pop["ndcg@10"] < 0.30  # Recommenders' table: popularity about 0.26
     assert ease["ndcg@10"] > 0.46  # BiVAE, the table's best, is 0.475
     assert ease["precision@10"] > pop["precision@10"]
+
+
+def test_model_params_become_plain_json():
+    import dataclasses
+
+    from reelrec.eval.harness import _jsonable
+
+    @dataclasses.dataclass
+    class Params:
+        factors: int = 64
+        grid: tuple = (1.0, np.float32(2.0))
+
+    out = _jsonable({"als": Params(), "n": np.int64(3), "other": object})
+    assert json.loads(json.dumps(out)) == {"als": {"factors": 64, "grid": [1.0, 2.0]}, "n": 3,
+                                           "other": str(object)}

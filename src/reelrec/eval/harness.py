@@ -7,6 +7,7 @@ lake + catalog --splits--> TrainData + relevant titles --models--> top-N lists -
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from pathlib import Path
@@ -75,6 +76,21 @@ def score_lists(recs: np.ndarray, split: Split, k: int, genres: sp.csr_matrix,
             out[f"true_recall@{k}"] = acc[f"recall@{k}"]
             out[f"true_ndcg@{k}"] = acc[f"ndcg@{k}"]
     return out, ci, M.curves(recs[:, :CURVE_MAX_K], split.relevant, range(1, CURVE_MAX_K + 1))
+
+
+def _jsonable(obj: object) -> object:
+    """A model's ``params`` as plain JSON: models may keep dataclasses or numpy values there."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
 
 
 def _aggregate(runs: list[dict[str, float]]) -> dict:
@@ -186,7 +202,7 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
             runs[name].append(scores)
             curves[name].append(curve)
             cis[name].append(ci)
-            params[name].append(getattr(r.model, "params", {}) or {})
+            params[name].append(_jsonable(getattr(r.model, "params", {}) or {}))
             say(f"  {name}: ndcg@{k} {scores[f'ndcg@{k}']:.4f}  precision@{k} "
                 f"{scores[f'precision@{k}']:.4f}  fit {fit_s:.1f} s, recommend {rec_s:.1f} s")
 
