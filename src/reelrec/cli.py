@@ -299,6 +299,38 @@ def serve(data: Optional[Path] = DataOpt,
     console.print(f"reelrec serving {s.data_dir.resolve()} at http://{s.host}:{s.port}  (OpenAPI: /docs)")
     uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning")
 
+# --- evaluation (reelrec.eval) ----------------------------------------------------------------
+@app.command()
+def evaluate(
+    data: Optional[Path] = DataOpt,
+    protocol: str = typer.Option(..., "--protocol", help="msr-stratified or temporal"),
+    k: int = typer.Option(10, "--k", help="list length the metrics are computed at"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result document here"),
+    report: Optional[Path] = typer.Option(None, "--report", help="folder for report.md and plots"),
+    seeds: int = typer.Option(1, "--seeds", help="repeat with this many seeds (42, 43, ...)"),
+    models: str = typer.Option("popularity,als,ease,covisit,reelrec-ranker", "--models",
+                               help="comma-separated model names"),
+):
+    """Score models side by side on a split of the lake: accuracy, coverage, diversity, novelty."""
+    from reelrec.eval.harness import evaluate as run_eval
+    from reelrec.eval.report import markdown, write_report
+    s = settings_for(data)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    try:
+        doc = run_eval(s, protocol, k=k, seeds=seeds, models=names,
+                       progress=lambda msg: err_console.print(msg, markup=False, highlight=False,
+                                                                soft_wrap=True))
+    except ReelrecError as exc:
+        fail(exc)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(doc, indent=2))
+        err_console.print(f"wrote {json_out}")
+    if report:
+        for p in write_report(doc, report):
+            err_console.print(f"wrote {p}")
+    print(markdown(doc).split("\n![")[0])
+
 
 def main() -> None:
     from reelrec.log import setup_logging

@@ -1,0 +1,1 @@
+"""Evaluation: splits of the lake, ranking metrics, baselines and reports (``reelrec evaluate``)."""
