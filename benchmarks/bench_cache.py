@@ -3,9 +3,11 @@
 A homepage read is one ``get_many`` of the user's page plus the shared shelves it shows
 (DESIGN.md: "a request is a cache read (one MGET)"). This measures, in process:
 
-* p50 / p99 of that read for ``memory://`` and ``redis://`` (a private redis-server started here
-  unless ``--redis URL`` is given), next to a baseline in the same process: a bare redis-py
-  ``MGET`` of the same keys, with no version pointer;
+* p50 / p99 of that read for ``memory://``, ``redis://`` (a private redis-server started here
+  unless ``--redis URL`` is given) and ``redis+cluster://`` (a private three-node Redis Cluster
+  started here unless ``--redis-cluster URL`` is given), each next to a baseline in the same
+  process: a bare redis-py ``MGET`` (on the cluster, redis-py's ``mget_nonatomic``) of the same
+  keys, with no version pointer;
 * Redis ``MEMORY USAGE`` of one user page (a ~250-byte value under its versioned key) and of one
   128 x float32 user vector, and the ``INFO memory`` growth per user, which also counts the
   key's hash-table entry and its TTL.
@@ -29,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # fixtures_servers.local_redis_cluster
 
 from reelrec.storage.cache import open_cache, page_key, shelf_key  # noqa: E402
 from reelrec.storage.state import open_state  # noqa: E402
@@ -92,9 +96,70 @@ def timed(fn, reads: list[list[str]]) -> np.ndarray:
     return out / 1e6  # ms
 
 
+def timed_interleaved(fns, reads: list[list[str]]) -> list[np.ndarray]:
+    """Like ``timed`` for several read paths taking turns read by read, so that the load of a
+    shared machine falls on each of them alike."""
+    for keys in reads[:200]:
+        for fn in fns:
+            fn(keys)
+    out = np.empty((len(fns), len(reads)))
+    clock = time.perf_counter_ns
+    for i, keys in enumerate(reads):
+        for j, fn in enumerate(fns):
+            t = clock()
+            fn(keys)
+            out[j, i] = clock() - t
+    return list(out / 1e6)
+
+
 def row(name: str, ms: np.ndarray) -> str:
     p50, p99 = np.percentile(ms, [50, 99])
     return f"| {name} | {len(ms):,} | {p50:.3f} | {p99:.3f} | {ms.mean():.3f} |"
+
+
+def bench_cluster(url: str | None, items: dict[str, bytes], reads: list[list[str]],
+                  single) -> tuple[list[str], int | None, float, str]:
+    """The same pages and reads on a Redis Cluster (started here unless ``url`` is given), then
+    the cluster and the single node ``single`` read in turns."""
+    from contextlib import nullcontext
+
+    from redis.cluster import RedisCluster
+
+    from fixtures_servers import local_redis_cluster
+
+    started = local_redis_cluster(3) if url is None else nullcontext(None)
+    with started as ports:
+        if url is None:
+            url = f"redis+cluster://127.0.0.1:{ports[0]}"
+            say(f"started a three-node Redis Cluster at {url}")
+        raw = RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1))
+        raw.flushall(target_nodes=RedisCluster.PRIMARIES)
+
+        def used() -> int:
+            return sum(v["used_memory"] for v in
+                       raw.info("memory", target_nodes=RedisCluster.PRIMARIES).values())
+        base_mem = used()
+        say("redis+cluster:// - writing pages (pipelined, grouped by node)")
+        clu = open_cache(url)
+        t = time.perf_counter()
+        clu.put(items, version=VERSION)
+        clu.publish(VERSION)
+        dt_put = time.perf_counter() - t
+        say(f"  put {len(items):,} pages in {dt_put:.2f} s ({len(items) / dt_put:,.0f}/s); reading")
+        per_page_info = (used() - base_mem) / len(items)
+        assert all(v is not None for v in clu.get_many(reads[0]).values)
+        rows = [row("redis+cluster:// get_many (page + 4 shelves)", timed(clu.get_many, reads))]
+        names = {k: clu._k(VERSION, k) for k in {k for keys in reads for k in keys}}
+        rows.append(row("baseline: bare redis-py cluster mget_nonatomic, same keys",
+                        timed(lambda keys: raw.mget_nonatomic([names[k] for k in keys]), reads)))
+        say("redis:// and redis+cluster:// reading in turns")
+        one, many = timed_interleaved([single.get_many, clu.get_many], reads)
+        rows.append(row("in turns: redis:// get_many", one))
+        rows.append(row("in turns: redis+cluster:// get_many", many))
+        usage = clu.memory_usage(page_key("100000"))
+        key = names.get(page_key("100000"), clu._k(VERSION, page_key("100000")))
+        clu.close(), raw.close()
+    return rows, usage, per_page_info, key
 
 
 def main() -> None:
@@ -104,6 +169,8 @@ def main() -> None:
     ap.add_argument("--reads", type=int, default=None)
     ap.add_argument("--page-bytes", type=int, default=250)
     ap.add_argument("--redis", default=None, help="use this Redis instead of starting one")
+    ap.add_argument("--redis-cluster", default=None,
+                    help="use this redis+cluster:// URL instead of starting a three-node cluster")
     a = ap.parse_args()
     n_users = a.users or (2_000 if a.quick else 100_000)
     n_reads = a.reads or (2_000 if a.quick else 20_000)
@@ -151,6 +218,10 @@ def main() -> None:
         page_usage = red.memory_usage(page_key("100000"))
         full_key = prefix + page_key("100000")
 
+        cluster_rows, cluster_usage, cluster_info, cluster_key = bench_cluster(
+            a.redis_cluster, items, reads, red)
+        rows += cluster_rows
+
         say("redis:// state - user vectors (128 x float32)")
         raw.flushdb()
         base_mem = raw.info("memory")["used_memory"]
@@ -174,6 +245,8 @@ def main() -> None:
         say("|---|---|---|")
         say(f"| user page, {a.page_bytes}-byte value, key `{full_key}`, with TTL | {page_usage} "
             f"| {per_user_info:.0f} |")
+        say(f"| the same page on the cluster, key `{cluster_key}` | {cluster_usage} "
+            f"| {cluster_info:.0f} (sum over primaries) |")
         say(f"| user vector, 128 x float32 (512 bytes), key `rr:s:{{100000}}:v` | {vec_usage} "
             f"| {per_vec_info:.0f} |")
         red.close(), st.close(), raw.close()

@@ -11,6 +11,7 @@ from reelrec.domain.catalog import Catalog, Title
 
 # Real Redis and Kafka-protocol servers for the storage contract tests.
 from fixtures_servers import kafka_server, redis_server, redis_url  # noqa: E402,F401
+from fixtures_servers import redis_cluster_server, redis_cluster_url  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(REPO.parent / "shared" / "datasets")

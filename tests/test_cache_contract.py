@@ -1,4 +1,5 @@
-"""The homepage cache contract, run against every backend: memory and a real redis-server."""
+"""The homepage cache contract, run against every backend: memory, a real redis-server and a real
+three-node Redis Cluster."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from reelrec.errors import Conflict, InvalidInput, NotFound, Unavailable
 from reelrec.storage.cache import open_cache, page_key, shelf_key
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis_cluster"])
 def backend(request, tmp_path):
     """(open) where open() returns a client of one shared cache; memory clients share one object."""
     if request.param == "memory":
@@ -21,7 +22,7 @@ def backend(request, tmp_path):
         opened = [cache]
         yield lambda: cache
     else:
-        url = request.getfixturevalue("redis_url")
+        url = request.getfixturevalue(f"{request.param}_url")
         opened = []
 
         def open_one():

@@ -1,4 +1,5 @@
-"""The online-state contract, run against every backend: memory and a real redis-server."""
+"""The online-state contract, run against every backend: memory, a real redis-server and a real
+three-node Redis Cluster."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ T0 = 1_790_000_000.0  # a fixed unix time, a multiple of 300 s buckets plus 200 
 OPTS = "max_recent=5&bucket_s=60&retention_s=3600&seen_ttl_s=0.3"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis_cluster"])
 def state(request):
     if request.param == "memory":
         s = open_state(f"memory://?{OPTS}")
     else:
-        s = open_state(f"{request.getfixturevalue('redis_url')}?{OPTS}")
+        s = open_state(f"{request.getfixturevalue(f'{request.param}_url')}?{OPTS}")
     yield s
     s.close()
 

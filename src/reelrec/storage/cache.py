@@ -16,6 +16,8 @@ Backends (open by URL, see docs/backends.md):
   snapshot on open and writes it on ``snapshot()`` and ``close()``, so a restart keeps pages.
 * ``redis://host:port/db?prefix=rr&ttl=604800`` - Redis through redis-py with pipelining
   (``cache_redis``).
+* ``redis+cluster://host:port[,host:port...]`` - a Redis Cluster, keys hash-tagged so that a
+  homepage read stays one round trip (``cache_redis_cluster``).
 """
 
 from __future__ import annotations
@@ -292,9 +294,10 @@ def open_cache(url: str = "memory://") -> HomepageCache:
     """Open the homepage cache named by ``url``.
 
     ``memory://`` (in process), ``memory:///path/pages.arrow`` (in process, snapshot at that
-    path), ``redis://[:password@]host:port/db[?prefix=rr][&ttl=SECONDS]``. ``ttl`` is the default
-    lifetime of a page in seconds (0 = none). Raises ``InvalidInput`` for an unknown scheme or
-    option; opening does not connect (use ``ping``).
+    path), ``redis://[:password@]host:port/db[?prefix=rr][&ttl=SECONDS]``, or
+    ``redis+cluster://[:password@]host:port[,host:port...]`` with the same options. ``ttl`` is
+    the default lifetime of a page in seconds (0 = none). Raises ``InvalidInput`` for an unknown
+    scheme or option; opening does not connect (use ``ping``).
     """
     p = parse_url(url, _OPTIONS, role="cache")
     ttl = option(p.options, "ttl", float, DEFAULT_TTL_S, role="cache",
@@ -307,4 +310,10 @@ def open_cache(url: str = "memory://") -> HomepageCache:
         from reelrec.storage.cache_redis import RedisCache
 
         return RedisCache(p.driver_url, prefix=p.options.get("prefix", "rr"), default_ttl=ttl or None)
-    raise InvalidInput(f"unknown scheme {p.scheme!r}; use memory:// or redis://", field="cache_url")
+    if p.scheme in ("redis+cluster", "rediss+cluster"):
+        from reelrec.storage.cache_redis_cluster import RedisClusterCache
+
+        return RedisClusterCache(p.driver_url, prefix=p.options.get("prefix", "rr"),
+                                 default_ttl=ttl or None)
+    raise InvalidInput(f"unknown scheme {p.scheme!r}; use memory://, redis:// or redis+cluster://",
+                       field="cache_url")

@@ -37,11 +37,21 @@ class RedisCache(HomepageCache):
             raise InvalidInput("must be a non-empty string without spaces", field="cache_url.prefix")
         self.url = redacted(url)
         self.default_ttl = default_ttl
-        self._r = connect(url)
+        self._r = self._connect(url)
         self._p = f"{prefix}:c:"
         self._cur = f"{prefix}:c:cur"
         self._vers = f"{prefix}:c:vers"
         self._seen_version: str | None = None  # the pointer as of this client's last read
+
+    def _connect(self, url: str):
+        return connect(url)
+
+    def _mget(self, keys: list[str]) -> list[bytes | None]:
+        return self._r.mget(keys)
+
+    def _version_patterns(self, version: str) -> list[str]:
+        """SCAN patterns that match every key of ``version`` (for ``drop_version``)."""
+        return [f"{self._p}{_glob_escape(version)}:*"]
 
     def _k(self, version: str, key: str) -> str:
         return f"{self._p}{version}:{key}"
@@ -81,7 +91,7 @@ class RedisCache(HomepageCache):
             if not keys:
                 return CacheRead(v, [])
             with translated("MGET", self.url):
-                return CacheRead(v, self._r.mget([self._k(v, k) for k in keys]))
+                return CacheRead(v, self._mget([self._k(v, k) for k in keys]))
         with translated("MGET", self.url):
             for _ in range(3):
                 seen = self._seen_version
@@ -89,14 +99,14 @@ class RedisCache(HomepageCache):
                     res = [self._r.get(self._cur)]
                 else:
                     # The pointer rides in the same MGET as the pages: one command, one trip.
-                    res = self._r.mget([self._cur] + [self._k(seen, k) for k in keys])
+                    res = self._mget([self._cur] + [self._k(seen, k) for k in keys])
                 cur = None if res[0] is None else res[0].decode()
                 if cur is None:
                     return CacheRead(None, [None] * len(keys))
                 if cur == seen:
                     return CacheRead(cur, res[1:])
                 self._seen_version = cur  # the pointer moved: read again under the new version
-            return CacheRead(cur, self._r.mget([self._k(cur, k) for k in keys]) if keys else [])
+            return CacheRead(cur, self._mget([self._k(cur, k) for k in keys]) if keys else [])
 
     def delete(self, keys, *, version=None):
         keys = list(keys)
@@ -134,11 +144,12 @@ class RedisCache(HomepageCache):
         n = 0
         with translated("drop version", self.url):
             batch: list[bytes] = []
-            for key in self._r.scan_iter(match=f"{self._p}{_glob_escape(version)}:*", count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    n += self._r.unlink(*batch)
-                    batch.clear()
+            for pattern in self._version_patterns(version):
+                for key in self._r.scan_iter(match=pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= 1000:
+                        n += self._r.unlink(*batch)
+                        batch.clear()
             if batch:
                 n += self._r.unlink(*batch)
             self._r.hdel(self._vers, version)

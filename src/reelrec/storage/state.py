@@ -13,7 +13,8 @@ window counters by name (``trending:IN``) in time buckets, read back as a top-n 
 exponential decay; Beta posteriors (alpha, beta) per bandit arm; ``seen(event_id)`` markers so
 consumers of an at-least-once bus are idempotent on ``event_id``.
 
-Backends: ``memory://`` (this module) and ``redis://host:port/db`` (``state_redis``).
+Backends: ``memory://`` (this module), ``redis://host:port/db`` (``state_redis``) and
+``redis+cluster://host:port`` (``state_redis_cluster``).
 """
 
 from __future__ import annotations
@@ -367,7 +368,8 @@ class MemoryState(OnlineState):
 def open_state(url: str = "memory://") -> OnlineState:
     """Open the online state named by ``url``.
 
-    ``memory://`` or ``redis://[:password@]host:port/db``, with options in the query string:
+    ``memory://``, ``redis://[:password@]host:port/db`` or
+    ``redis+cluster://[:password@]host:port[,host:port...]``, with options in the query string:
     ``prefix`` (Redis key prefix, default ``rr``), ``max_recent`` (50), ``bucket_s`` (300),
     ``retention_s`` (172800), ``seen_ttl_s`` (604800), ``user_ttl_s`` (Redis only, 0 = never).
     Raises ``InvalidInput`` for an unknown scheme or a bad option; opening does not connect.
@@ -389,4 +391,10 @@ def open_state(url: str = "memory://") -> OnlineState:
         from reelrec.storage.state_redis import RedisState
 
         return RedisState(p.driver_url, prefix=p.options.get("prefix", "rr"), user_ttl_s=user_ttl, **kw)
-    raise InvalidInput(f"unknown scheme {p.scheme!r}; use memory:// or redis://", field="state_url")
+    if p.scheme in ("redis+cluster", "rediss+cluster"):
+        from reelrec.storage.state_redis_cluster import RedisClusterState
+
+        return RedisClusterState(p.driver_url, prefix=p.options.get("prefix", "rr"),
+                                 user_ttl_s=user_ttl, **kw)
+    raise InvalidInput(f"unknown scheme {p.scheme!r}; use memory://, redis:// or redis+cluster://",
+                       field="state_url")

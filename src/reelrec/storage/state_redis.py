@@ -36,11 +36,17 @@ class RedisState(OnlineState):
         if not prefix or " " in prefix:
             raise InvalidInput("must be a non-empty string without spaces", field="state_url.prefix")
         self.url = redacted(url)
-        self._r = connect(url)
+        self._r = self._connect(url)
         self._p = f"{prefix}:s:"
         self.max_recent, self.bucket_s = max_recent, bucket_s
         self.retention_s, self.seen_ttl_s = retention_s, seen_ttl_s
         self.user_ttl_ms = int(user_ttl_s * 1000)
+
+    def _connect(self, url: str):
+        return connect(url)
+
+    def _mget(self, keys: list[str]) -> list[bytes | None]:
+        return self._r.mget(keys)
 
     def _uk(self, user_id: str, kind: str) -> str:
         return f"{self._p}{{{_user(user_id)}}}:{kind}"
@@ -113,7 +119,7 @@ class RedisState(OnlineState):
         if not ids:
             return []
         with translated("MGET vectors", self.url):
-            raw = self._r.mget([self._uk(u, "v") for u in ids])
+            raw = self._mget([self._uk(u, "v") for u in ids])
         return [None if b is None else np.frombuffer(b, dtype="<f4").copy() for b in raw]
 
     def add_exposure(self, user_id, title_ids):
