@@ -7,8 +7,9 @@ computed once per segment (region, device, hour band) and cached, so a cold-star
 O(pool), not O(catalog), per user.
 
 As history grows the page blends: with ``n`` engaged titles, ``w = min(1, n / personal_after)``
-(default 5), and every title's blended score is ``w * personal + (1 - w) * cold``, each side
-rank-normalised to (0, 1]. At n = 0 the page is the cold-start page, from n = 5 fully personal.
+(default 5), and the two ranked lists are interleaved by weight: a title scores
+``w / (personal rank + 1) + (1 - w) / (cold rank + 1)``, so about a share w of the top picks is
+personal. At n = 0 the page is the cold-start page, from n = 5 fully personal.
 """
 
 from __future__ import annotations
@@ -76,21 +77,22 @@ def blend_weight(n_engaged: int, cfg: ComposeConfig | None = None) -> float:
     return float(min(1.0, max(0, n_engaged) / cfg.personal_after))
 
 
-def _rank_norm(scores: np.ndarray) -> np.ndarray:
-    n = len(scores)
-    r = np.empty(n)
-    r[np.argsort(-scores, kind="stable")] = np.arange(n)
-    return 1.0 - r / max(n, 1)
+def _harmonic(scores: np.ndarray) -> np.ndarray:
+    """1 / (rank + 1), rank 0 being the best score."""
+    r = np.empty(len(scores))
+    r[np.argsort(-scores, kind="stable")] = np.arange(len(scores))
+    return 1.0 / (r + 1.0)
 
 
 def blend_candidates(personal: Candidates | None, cold: Candidates, w: float) -> Candidates:
-    """Candidates scored ``w * personal + (1 - w) * cold`` (rank-normalised); the pure side at 0/1."""
+    """Weighted interleaving: a title scores ``w / (personal rank + 1) + (1 - w) / (cold rank + 1)``,
+    so about a share ``w`` of the top of the list is personal; the pure side at w = 0 or 1."""
     if personal is None or len(personal) == 0 or w <= 0:
         return cold
     if w >= 1:
         return personal
     t = np.concatenate([personal.titles, cold.titles])
-    s = np.concatenate([w * _rank_norm(personal.scores), (1 - w) * _rank_norm(cold.scores)])
+    s = np.concatenate([w * _harmonic(personal.scores), (1 - w) * _harmonic(cold.scores)])
     src = np.concatenate([personal.sources, cold.sources])
     anc = np.concatenate([personal.anchors, cold.anchors])
     uniq, inv = np.unique(t, return_inverse=True)
