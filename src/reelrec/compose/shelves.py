@@ -28,9 +28,9 @@ from reelrec.compose import reasons as R
 from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.coldstart import ColdStartPriors, blend_candidates, blend_weight
 from reelrec.compose.config import ComposeConfig
-from reelrec.compose.features import EPOCH, CatalogFeatures, Candidates, UserProfile
+from reelrec.compose.features import EPOCH, CatalogFeatures, Candidates, Marks, UserProfile
 from reelrec.compose.rows import dedupe_keep_order, fill_row
-from reelrec.compose.toppicks import eligible_mask, select_top_picks
+from reelrec.compose.toppicks import select_top_picks
 from reelrec.errors import FieldError, InvalidInput
 
 # shelf types (stored in the page codec)
@@ -185,26 +185,25 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
     eff = _effective_profile(features, profile, w)
 
     # 1. continue watching: the user's own unfinished titles, newest first
+    marks = Marks(features, eff)
     cw = dedupe_keep_order(profile.in_progress)
-    cw = cw[eligible_mask(features, eff, cw)][: cfg.continue_length] if len(cw) else cw
-    claimed = cw.copy()
+    cw = cw[marks.eligible(cw)][: cfg.continue_length] if len(cw) else cw
+    marks.claim(cw)
     # 2. top picks
-    sel = select_top_picks(features, eff, candidates, cfg, bandit, rng, claimed=claimed)
+    sel = select_top_picks(features, eff, candidates, cfg, bandit, rng, marks=marks)
     top = Shelf(TOP_PICKS, sel.titles, slots=sel.slots, reasons=sel.reasons, reason_args=sel.reason_args,
                 scores=sel.scores)
-    claimed = np.concatenate([claimed, sel.titles])
+    marks.claim(sel.titles)
     L = cfg.shelf_length
     cap = cfg.genre_cap_for(L)
     ranked = candidates.titles[np.argsort(-candidates.scores, kind="stable")]
 
     def row(pref: np.ndarray, exempt: int = -1) -> np.ndarray:
-        nonlocal claimed
-        pref = dedupe_keep_order(pref)
-        pref = pref[eligible_mask(features, eff, pref, claimed)] if len(pref) else pref
-        got = fill_row(features, pref, L, cap, exempt)
+        pref = pref[marks.eligible(pref)] if len(pref) else pref
+        got = fill_row(features, dedupe_keep_order(pref), L, cap, exempt)
         if len(got) < MIN_ROW:
             return got[:0]
-        claimed = np.concatenate([claimed, got])
+        marks.claim(got)
         return got
 
     # 3. because you watched X
@@ -259,7 +258,9 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
                 s.titles = got.titles
                 s.reason = shared_shelf_view(got).reason
         shown = np.concatenate([s.titles for s in sh.values()])
-        hidden = np.unique(shown[~eligible_mask(features, eff, shown)]) if len(shown) else hidden
+        # exclusions only: titles claimed by personal shelves may repeat on shared ones
+        bad = ~marks.available[shown] | ((marks.flags[shown] & Marks.EXCLUDED) != 0) if len(shown) else []
+        hidden = np.unique(shown[bad]) if len(shown) else hidden
     shelves = [top]
     if len(cw):
         shelves.append(Shelf(CONTINUE, cw, reason=R.CONTINUE))

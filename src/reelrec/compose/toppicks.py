@@ -31,7 +31,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from reelrec.compose import reasons as R
 from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.config import ComposeConfig
-from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, UserProfile, pack_words
+from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, Marks, UserProfile, pack_words
 from reelrec.compose.mix import (kind_bounds, kind_deviation, kind_quotas, kind_shares,
                                  least_kind_deviation)
 from reelrec.log import get_logger
@@ -91,19 +91,23 @@ def dominant_genres(profile: UserProfile, cfg: ComposeConfig) -> np.ndarray:
 def eligible_mask(features: CatalogFeatures, profile: UserProfile, titles: np.ndarray,
                   claimed: np.ndarray | None = None) -> np.ndarray:
     """Rule 1 for a batch of titles: available in the region and neither excluded nor claimed."""
-    ok = features.available_in(profile.region)[titles]
-    ok &= ~np.isin(titles, profile.excluded())
+    marks = Marks(features, profile)
     if claimed is not None and len(claimed):
-        ok &= ~np.isin(titles, claimed)
-    return ok
+        marks.claim(np.asarray(claimed, np.int64))
+    return marks.eligible(titles)
 
 
 def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidates, cfg: ComposeConfig,
-               theta_by_cluster: np.ndarray, claimed: np.ndarray | None = None) -> Pool:
+               theta_by_cluster: np.ndarray, claimed: np.ndarray | None = None,
+               marks: Marks | None = None) -> Pool:
     """Deduplicate, apply exclusions, and add popular backfill for missing kinds and explore clusters.
 
     Backfilled titles score below every ranked candidate, in popularity order.
     """
+    if marks is None:
+        marks = Marks(features, profile)
+        if claimed is not None and len(claimed):
+            marks.claim(np.asarray(claimed, np.int64))
     n_page = cfg.page_size
     order = np.argsort(-cands.scores, kind="stable")
     t, s = cands.titles[order], cands.scores[order]
@@ -111,7 +115,7 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
     _, first = np.unique(t, return_index=True)
     keep = np.sort(first)
     t, s, src, anc = t[keep], s[keep], src[keep], anc[keep]
-    ok = eligible_mask(features, profile, t, claimed)
+    ok = marks.eligible(t)
     t, s, src, anc = t[ok], s[ok], src[ok], anc[ok]
 
     dom = dominant_genres(profile, cfg)
@@ -133,8 +137,8 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
         e = np.concatenate(extra).astype(np.int64)
         _, fi = np.unique(e, return_index=True)
         e = e[np.sort(fi)]
+        e = e[marks.eligible(e)]
         e = e[~np.isin(e, t)]
-        e = e[eligible_mask(features, profile, e, claimed)]
         if len(e):
             base = (s.min() if len(s) else 0.0) - 1.0
             t = np.concatenate([t, e])
@@ -144,7 +148,7 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
     gw = features.genre_words[t]
     cl = features.cluster[t]
     return Pool(t=t, score=s, src=src, anchor=anc, kind=features.kind[t].astype(np.int64), gw=gw,
-                mh=features.genre_multi_hot[t], novel=~np.isin(t, profile.impressions),
+                mh=features.genre_multi_hot[t], novel=marks.novel(t),
                 explore_ok=~((gw & dom_words).any(axis=1)), theta=theta_by_cluster[cl], cluster=cl)
 
 
@@ -162,7 +166,7 @@ def _greedy(pool: Pool, title_genres: list[tuple[int, ...]], n: int, q: np.ndarr
     size = len(pool)
     picked = np.zeros(size, bool)
     kc = np.zeros(3, np.int64)
-    gc = [0] * pool.mh.shape[1]
+    gc = np.zeros(pool.mh.shape[1], np.int64)
     words = pool.gw.shape[1]
     gw = pool.gw[:, 0] if words == 1 else pool.gw
     full = 0  # bit g set once genre g reached the cap
@@ -170,16 +174,15 @@ def _greedy(pool: Pool, title_genres: list[tuple[int, ...]], n: int, q: np.ndarr
     slots: list[int] = []
     used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
 
-    def take(i: int, slot: int) -> None:
+    def take(idx: np.ndarray, slot: int) -> None:
         nonlocal full
-        picked[i] = True
-        kc[pool.kind[i]] += 1
-        for g in title_genres[pool.t[i]]:  # a title has a few genres
-            gc[g] += 1
-            if gc[g] >= cap:
-                full |= 1 << g
-        order.append(i)
-        slots.append(slot)
+        picked[idx] = True
+        kc[:] += np.bincount(pool.kind[idx], minlength=3)
+        gc[:] += pool.mh[idx].sum(axis=0)
+        for g in np.flatnonzero(gc >= cap):  # a few genres at most
+            full |= 1 << int(g)
+        order.extend(idx.tolist())
+        slots.extend([slot] * len(idx))
 
     def allowed(quota: np.ndarray | None, genre: bool) -> np.ndarray:
         a = ~picked
@@ -200,19 +203,28 @@ def _greedy(pool: Pool, title_genres: list[tuple[int, ...]], n: int, q: np.ndarr
         # a draw per cluster; a used cluster drops below every unused one; ties go to the better score
         i = int(np.argmax(np.where(a, pool.theta - 2.0 * used[pool.cluster], -np.inf)))
         used[pool.cluster[i]] = True
-        take(i, EXPLORE)
+        take(np.array([i]), EXPLORE)
     for _ in range(min(n_v, n - len(order))):
         a = allowed(q, True) & pool.novel
         if not a.any():
             break
-        take(int(np.argmax(a)), NOVEL)
+        take(np.array([int(np.argmax(a))]), NOVEL)
     # exploit, then relax in reverse precedence: the genre cap before the kind range
     for quota, genre in ((q, True), (hi, True), (q, False), (hi, False), (None, False)):
         while len(order) < n:
-            a = allowed(quota, genre)
-            if not a.any():
+            head = np.flatnonzero(allowed(quota, genre))[: 4 * (n - len(order))]
+            if not len(head):
                 break
-            take(int(a.argmax()), EXPLOIT)
+            # take the longest prefix of allowed titles that stays within the rules: the same
+            # titles one-at-a-time greedy would take, in a few steps instead of one per slot
+            ok = np.ones(len(head), bool)
+            if quota is not None:
+                kcum = kc[None, :] + np.cumsum(np.eye(3, dtype=np.int64)[pool.kind[head]], axis=0)
+                ok &= (kcum <= quota[None, :]).all(axis=1)
+            if genre:
+                ok &= ((gc[None, :] + np.cumsum(pool.mh[head], axis=0)) <= cap).all(axis=1)
+            j = len(head) if ok.all() else max(1, int(np.argmin(ok)))
+            take(head[: min(j, n - len(order))], EXPLOIT)
     return np.asarray(order, np.int64), np.asarray(slots, np.uint8)
 
 
@@ -326,17 +338,17 @@ def item_reasons(features: CatalogFeatures, profile: UserProfile, pool: Pool, id
 def select_top_picks(features: CatalogFeatures, profile: UserProfile, cands: Candidates,
                      cfg: ComposeConfig | None = None, bandit: ThompsonBandit | None = None,
                      rng: np.random.Generator | None = None, claimed: np.ndarray | None = None,
-                     ) -> Selection:
+                     marks: Marks | None = None) -> Selection:
     """Compose the top ``page_size`` for one user. Never raises on a small or empty pool.
 
     ``profile`` and ``cands`` must be validated (``UserProfile.validated``, ``Candidates.validated``);
-    ``claimed`` titles (Continue watching) are left out.
+    ``claimed`` titles (Continue watching) are left out; ``marks`` may carry them instead.
     """
     cfg = cfg or ComposeConfig()
     rng = rng if rng is not None else np.random.default_rng()
     n_cl = len(features.cluster_names)
     theta = (bandit.sample(profile.region, rng) if bandit is not None else rng.beta(1.0, 1.0, n_cl))
-    pool = build_pool(features, profile, cands, cfg, theta, claimed)
+    pool = build_pool(features, profile, cands, cfg, theta, claimed, marks)
     n = min(cfg.page_size, len(pool))
     shares = kind_shares(profile.kind_affinity, cfg)
     target = shares * n
