@@ -81,6 +81,7 @@ class ComposedPage:
     generated_at: dt.datetime
     shelves: list[Shelf]
     hidden: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    exact: bool = False  # top picks needed the exact solver (not stored in the cache)
 
     def personal_titles(self) -> np.ndarray:
         parts = [s.titles for s in self.shelves if not s.shared]
@@ -268,7 +269,8 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
     shelves += [sh[TOP10] if TOP10 in sh else sh[TOP10_GLOBAL]]
     shelves += because[1:] + [sh[NEW]] + genre_shelves + kind_shelves
     return ComposedPage(user_id=profile.user_id, mode=mode, region=region,
-                        generated_at=now or dt.datetime.now(dt.timezone.utc), shelves=shelves, hidden=hidden)
+                        generated_at=now or dt.datetime.now(dt.timezone.utc), shelves=shelves, hidden=hidden,
+                        exact=sel.exact)
 
 
 def _effective_profile(features: CatalogFeatures, profile: UserProfile, w: float) -> UserProfile:
