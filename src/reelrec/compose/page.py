@@ -85,7 +85,11 @@ class _Reader:
         return (self.acc >> (self.total - end)) & ((1 << width) - 1)
 
     def array(self, count: int, width: int) -> np.ndarray:
-        return np.asarray([self.get(width) for _ in range(count)], dtype=np.int64)
+        if count == 0:
+            return np.zeros(0, np.int64)
+        seg = self.get(count * width)  # one shift of the long integer, then small ones
+        mask = (1 << width) - 1
+        return np.asarray([(seg >> (width * k)) & mask for k in range(count - 1, -1, -1)], dtype=np.int64)
 
     def raw(self, n: int) -> bytes:
         return self.get(8 * n).to_bytes(n, "big")
