@@ -85,6 +85,8 @@ class CatalogFeatures:
         self._top_by_kind: dict[int, np.ndarray] = {}
         self._top_by_cluster: dict[int, np.ndarray] = {}
         self._top_by_genre: dict[int, np.ndarray] = {}
+        # first (primary) genre of each title, -1 without genres
+        self.first_genre = np.asarray([g[0] if g else -1 for g in self.title_genres], dtype=np.int64)
 
     # --- construction -----------------------------------------------------------------------
     @classmethod

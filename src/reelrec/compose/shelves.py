@@ -201,7 +201,7 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
 
     def row(pref: np.ndarray, exempt: int = -1) -> np.ndarray:
         pref = pref[marks.eligible(pref)] if len(pref) else pref
-        got = fill_row(features, dedupe_keep_order(pref), L, cap, exempt)
+        got = fill_row(features, dedupe_keep_order(pref[: 6 * L]), L, cap, exempt)
         if len(got) < MIN_ROW:
             return got[:0]
         marks.claim(got)
@@ -231,7 +231,7 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
     for g in genres:
         if len(genre_shelves) >= (cfg.genre_rows if stype == GENRE else cfg.onboarding_max):
             break
-        pref = np.concatenate([ranked[features.genre_multi_hot[ranked, g]], features.top_of_genre(g, 8 * L)])
+        pref = np.concatenate([ranked[features.genre_multi_hot[ranked, g]], features.top_of_genre(g, 4 * L)])
         got = row(pref, exempt=g)
         if len(got):
             genre_shelves.append(Shelf(stype, got, arg=g, reason=why, reason_arg=g))
@@ -240,7 +240,7 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
     if cfg.kind_row and profile.n_engaged > 0:
         k = int(np.argmin(profile.kind_affinity[::-1]))
         k = 2 - k  # ties go to documentaries
-        pref = np.concatenate([ranked[features.kind[ranked] == k], features.top_of_kind(k, 8 * L)])
+        pref = np.concatenate([ranked[features.kind[ranked] == k], features.top_of_kind(k, 4 * L)])
         got = row(pref)
         if len(got):
             kind_shelves.append(Shelf(KIND, got, arg=k, reason=R.KIND, reason_arg=k))

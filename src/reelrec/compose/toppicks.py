@@ -174,14 +174,16 @@ def _greedy(pool: Pool, title_genres: list[tuple[int, ...]], n: int, q: np.ndarr
     slots: list[int] = []
     used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
 
-    def take(idx: np.ndarray, slot: int) -> None:
+    def take(idx: list[int], slot: int) -> None:
         nonlocal full
         picked[idx] = True
-        kc[:] += np.bincount(pool.kind[idx], minlength=3)
-        gc[:] += pool.mh[idx].sum(axis=0)
-        for g in np.flatnonzero(gc >= cap):  # a few genres at most
-            full |= 1 << int(g)
-        order.extend(idx.tolist())
+        for i in idx:  # the titles just taken, a few genres each
+            kc[pool.kind[i]] += 1
+            for g in title_genres[pool.t[i]]:
+                gc[g] += 1
+                if gc[g] >= cap:
+                    full |= 1 << g
+        order.extend(idx)
         slots.extend([slot] * len(idx))
 
     def allowed(quota: np.ndarray | None, genre: bool) -> np.ndarray:
@@ -203,12 +205,12 @@ def _greedy(pool: Pool, title_genres: list[tuple[int, ...]], n: int, q: np.ndarr
         # a draw per cluster; a used cluster drops below every unused one; ties go to the better score
         i = int(np.argmax(np.where(a, pool.theta - 2.0 * used[pool.cluster], -np.inf)))
         used[pool.cluster[i]] = True
-        take(np.array([i]), EXPLORE)
+        take([i], EXPLORE)
     for _ in range(min(n_v, n - len(order))):
         a = allowed(q, True) & pool.novel
         if not a.any():
             break
-        take(np.array([int(np.argmax(a))]), NOVEL)
+        take([int(a.argmax())], NOVEL)
     # exploit, then relax in reverse precedence: the genre cap before the kind range
     for quota, genre in ((q, True), (hi, True), (q, False), (hi, False), (None, False)):
         while len(order) < n:
@@ -224,7 +226,7 @@ def _greedy(pool: Pool, title_genres: list[tuple[int, ...]], n: int, q: np.ndarr
             if genre:
                 ok &= ((gc[None, :] + np.cumsum(pool.mh[head], axis=0)) <= cap).all(axis=1)
             j = len(head) if ok.all() else max(1, int(np.argmin(ok)))
-            take(head[: min(j, n - len(order))], EXPLOIT)
+            take(head[: min(j, n - len(order))].tolist(), EXPLOIT)
     return np.asarray(order, np.int64), np.asarray(slots, np.uint8)
 
 
@@ -307,15 +309,20 @@ def item_reasons(features: CatalogFeatures, profile: UserProfile, pool: Pool, id
                  slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A reason code and argument per picked item, from its slot kind and source."""
     t = pool.t[idx]
-    first = np.asarray([g[0] if g else -1 for g in (features.title_genres[i] for i in t)], np.int64)
+    first = features.first_genre[t]
     mh = pool.mh[idx]
-    ga = profile.genre_affinity if profile.genre_affinity is not None else np.zeros(features.n_genres)
-    aff = np.where(mh, ga[None, :], -np.inf) if mh.shape[1] else np.zeros((len(t), 0))
-    best = aff.argmax(axis=1) if aff.shape[1] else np.full(len(t), -1)
-    liked = np.where((aff.max(axis=1) > 0) if aff.shape[1] else np.zeros(len(t), bool), best, -1)
-    onb = np.isin(np.arange(features.n_genres), [features.genre_index(g) for g in profile.onboarding_genres])
-    om = mh & onb[None, :]
-    picked_genre = np.where(om.any(axis=1), om.argmax(axis=1) if om.shape[1] else -1, first)
+    if mh.shape[1] and profile.genre_affinity is not None:
+        aff = np.where(mh, profile.genre_affinity[None, :], -np.inf)
+        best = aff.argmax(axis=1)
+        liked = np.where(aff[np.arange(len(t)), best] > 0, best, -1)
+    else:
+        liked = np.full(len(t), -1, np.int64)
+    picks = [g for g in (features.genre_index(x) for x in profile.onboarding_genres) if g >= 0]
+    picked_genre = first
+    if picks and len(t):
+        om = np.zeros_like(mh)
+        om[:, picks] = mh[:, picks]
+        picked_genre = np.where(om.any(axis=1), om.argmax(axis=1), first)
     src, anc = pool.src[idx], pool.anchor[idx]
     code = np.full(len(t), R.AFFINITY, np.uint8)
     arg = liked.astype(np.int64)
