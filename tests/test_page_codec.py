@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelrec.compose import ColdStartPriors, ThompsonBandit, UserProfile, build_shared_shelves, compose_page
+from reelrec.compose import (ColdStartPriors, ThompsonBandit, UserProfile, build_shared_shelves, compose_fallback,
+                             compose_page)
 from reelrec.compose import reasons as R
 from reelrec.compose.page import (Assembler, decode_page, decode_shared, encode_page, encode_shared,
                                   referenced_keys)
@@ -167,6 +168,16 @@ def test_any_page_round_trips(big, page):
         elif c == R.KIND:
             top.reason_args[j] = j % 3
     assert_same(page, decode_page(encode_page(page, f), f))
+
+
+def test_fallback_page_comes_from_shared_shelves(big):
+    f, shared, _, _ = big
+    page = compose_fallback(f, "u9", "IN", shared, now=NOW)
+    doc = Assembler(f).decode(encode_page(page, f), "u9", "v1", shared)
+    assert doc["mode"] == "fallback" and doc["shelves"][0]["id"] == "top-picks"
+    top10 = shared[shared_key(TOP10, "IN")].titles
+    assert [i["title_id"] for i in doc["shelves"][0]["items"][:10]] == [f.ids[t] for t in top10]
+    assert doc["shelves"][0]["items"][0]["reason"] == "Popular in India"
 
 
 def test_bad_blobs_are_rejected_clearly(big):

@@ -11,11 +11,12 @@ from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.coldstart import ColdStartPriors, blend_candidates, blend_weight
 from reelrec.compose.config import ComposeConfig
 from reelrec.compose.features import SOURCES, CatalogFeatures, Candidates, UserProfile, affinities
-from reelrec.compose.shelves import ComposedPage, SharedShelf, build_shared_shelves, compose_page, shared_keys
+from reelrec.compose.shelves import (ComposedPage, SharedShelf, build_shared_shelves, compose_fallback, compose_page,
+                                     shared_keys)
 from reelrec.compose.toppicks import SLOT_KINDS, select_top_picks
 
 __all__ = [
     "SLOT_KINDS", "SOURCES", "CatalogFeatures", "Candidates", "ColdStartPriors", "ComposeConfig",
     "ComposedPage", "SharedShelf", "ThompsonBandit", "UserProfile", "affinities", "blend_candidates",
-    "blend_weight", "build_shared_shelves", "compose_page", "select_top_picks", "shared_keys",
+    "blend_weight", "build_shared_shelves", "compose_fallback", "compose_page", "select_top_picks", "shared_keys",
 ]

@@ -283,3 +283,21 @@ def _effective_profile(features: CatalogFeatures, profile: UserProfile, w: float
     onb[picks] = 1.0
     ga_n = ga / ga.max() if ga.max() > 0 else ga
     return UserProfile(**{**profile.__dict__, "genre_affinity": w * ga_n + (1 - w) * onb})
+
+
+def compose_fallback(features: CatalogFeatures, user_id: str, region: str | None,
+                     shared: Mapping[str, SharedShelf], now: dt.datetime | None = None,
+                     cfg: ComposeConfig | None = None) -> ComposedPage:
+    """A page from the region's shared shelves alone (mode ``fallback``), for when a user's own page
+    cannot be had: top picks are the region's top 10 then its trending titles."""
+    cfg = cfg or ComposeConfig()
+    parts = [shared[k].titles for k in (shared_key(TOP10, region), shared_key(TRENDING, region),
+                                        shared_key(TOP10_GLOBAL, region)) if k in shared]
+    top = dedupe_keep_order(np.concatenate(parts))[: cfg.page_size] if parts else np.zeros(0, np.int64)
+    n = len(top)
+    shelves = [Shelf(TOP_PICKS, top, slots=np.zeros(n, np.uint8), reasons=np.full(n, R.POPULAR, np.uint8),
+                     reason_args=np.full(n, -1, np.int64), scores=np.linspace(1.0, 0.0, n) if n else np.zeros(0))]
+    shelves += [Shelf(type=t, titles=shared[shared_key(t, region)].titles if shared_key(t, region) in shared
+                      else np.zeros(0, np.int64), key=shared_key(t, region)) for t in (TRENDING, TOP10, NEW)]
+    return ComposedPage(user_id=user_id, mode="fallback", region=region,
+                        generated_at=now or dt.datetime.now(dt.timezone.utc), shelves=shelves)
