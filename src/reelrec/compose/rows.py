@@ -19,33 +19,32 @@ def dedupe_keep_order(titles: np.ndarray) -> np.ndarray:
 
 def fill_row(features: CatalogFeatures, titles: np.ndarray, length: int, cap: int,
              exempt_genre: int = -1) -> np.ndarray:
-    """The first ``length`` of ``titles`` (already filtered, in preference order) such that no genre
-    other than ``exempt_genre`` appears more than ``cap`` times. Titles that would break the cap
-    are skipped; if too few remain, the row is shorter rather than over the cap."""
-    titles = np.asarray(titles, dtype=np.int64)[: 4 * max(length, 0)]
-    if len(titles) == 0 or length <= 0:
-        return titles[:0]
-    mh = features.genre_multi_hot[titles].view(np.int8)  # a copy: fancy indexing
-    if exempt_genre >= 0:
-        mh[:, exempt_genre] = 0
-    if mh[:length].sum(axis=0).max(initial=0) <= cap:  # the common case: nothing to skip
-        return titles[:length]
-    counts = np.zeros(mh.shape[1], np.int64)
-    ok = np.ones(len(titles), bool)
-    out: list[np.ndarray] = []
-    taken = 0
-    while taken < length:
-        # take the longest prefix of the remaining titles that keeps every genre within the cap:
-        # the titles one-at-a-time greedy would take, in a few vectorised steps
-        rest = np.flatnonzero(ok)
-        if not len(rest):
+    """The first ``length`` distinct titles of ``titles`` (already filtered, in preference order)
+    such that no genre other than ``exempt_genre`` appears more than ``cap`` times. Titles that would
+    break the cap are skipped; if too few remain, the row is shorter rather than over the cap.
+
+    A scan over at most ``4 * length`` titles with integer bitmasks: for lists this short it is
+    about ten times faster than the same greedy in numpy steps (benchmarks/bench_compose.py).
+    """
+    if length <= 0:
+        return np.zeros(0, np.int64)
+    bits, tg = features.genre_bits, features.title_genres
+    keep = ~(1 << exempt_genre) if exempt_genre >= 0 else -1
+    full = 0
+    counts: dict[int, int] = {}
+    out: list[int] = []
+    seen: set[int] = set()
+    for t in np.asarray(titles, dtype=np.int64)[: 6 * length].tolist():
+        if bits[t] & keep & full or t in seen:
+            continue
+        seen.add(t)
+        out.append(t)
+        if len(out) == length:
             break
-        within = ((counts[None, :] + np.cumsum(mh[rest], axis=0)) <= cap).all(axis=1)
-        j = len(rest) if within.all() else int(np.argmin(within))
-        got = rest[: min(j, length - taken)]
-        out.append(got)
-        taken += len(got)
-        counts += mh[got].sum(axis=0)
-        ok[got] = False
-        ok &= ~(mh[:, counts >= cap] > 0).any(axis=1)
-    return titles[np.concatenate(out)] if out else titles[:0]
+        for g in tg[t]:
+            if g != exempt_genre:
+                c = counts.get(g, 0) + 1
+                counts[g] = c
+                if c >= cap:
+                    full |= 1 << g
+    return np.asarray(out, np.int64)

@@ -201,7 +201,7 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
 
     def row(pref: np.ndarray, exempt: int = -1) -> np.ndarray:
         pref = pref[marks.eligible(pref)] if len(pref) else pref
-        got = fill_row(features, dedupe_keep_order(pref[: 6 * L]), L, cap, exempt)
+        got = fill_row(features, pref, L, cap, exempt)
         if len(got) < MIN_ROW:
             return got[:0]
         marks.claim(got)

@@ -160,73 +160,73 @@ def _penalty(pool: Pool, picked: np.ndarray, slots: np.ndarray, lo, hi, cap: int
             max(0, n_v - int((slots == NOVEL).sum())), max(0, n_e - int((slots == EXPLORE).sum())))
 
 
-def _greedy(pool: Pool, title_genres: list[tuple[int, ...]], n: int, q: np.ndarray, hi: np.ndarray,
-            cap: int, n_v: int, n_e: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into the pool (pick order) and their slot kinds: one vectorised step per slot."""
+def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np.ndarray, cap: int,
+            n_v: int, n_e: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the pool (pick order) and their slot kinds.
+
+    Explore slots are an argmax over the bandit's draws (numpy, a few steps); novel and exploit
+    slots are scans down the score-sorted pool that stop once the page is full, testing each title
+    with integer bitmasks (on ~300-title pools, several times faster than numpy steps per slot).
+    """
     size = len(pool)
+    ts, kinds = pool.t.tolist(), pool.kind.tolist()
+    gbits, tg = features.genre_bits, features.title_genres
     picked = np.zeros(size, bool)
-    kc = np.zeros(3, np.int64)
-    gc = np.zeros(pool.mh.shape[1], np.int64)
-    words = pool.gw.shape[1]
-    gw = pool.gw[:, 0] if words == 1 else pool.gw
+    kc = [0, 0, 0]
+    gc: dict[int, int] = {}
     full = 0  # bit g set once genre g reached the cap
     order: list[int] = []
     slots: list[int] = []
-    used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
 
-    def take(idx: list[int], slot: int) -> None:
+    def take(i: int, slot: int) -> None:
         nonlocal full
-        picked[idx] = True
-        for i in idx:  # the titles just taken, a few genres each
-            kc[pool.kind[i]] += 1
-            for g in title_genres[pool.t[i]]:
-                gc[g] += 1
-                if gc[g] >= cap:
-                    full |= 1 << g
-        order.extend(idx)
-        slots.extend([slot] * len(idx))
+        picked[i] = True
+        kc[kinds[i]] += 1
+        for g in tg[ts[i]]:
+            c = gc.get(g, 0) + 1
+            gc[g] = c
+            if c >= cap:
+                full |= 1 << g
+        order.append(i)
+        slots.append(slot)
 
-    def allowed(quota: np.ndarray | None, genre: bool) -> np.ndarray:
-        a = ~picked
-        if quota is not None:
-            a &= (kc < quota)[pool.kind]
-        if genre and full:
-            if words == 1:
-                a &= (gw & np.uint64(full)) == 0
-            else:
+    def scan(quota: list[int] | None, genre: bool, only: list[bool] | None, want: int, slot: int) -> None:
+        """Take up to ``want`` titles in score order that keep the quota and the cap."""
+        got = 0
+        for i in range(size):
+            if got >= want:
+                return
+            if picked[i] or (only is not None and not only[i]):
+                continue
+            if quota is not None and kc[kinds[i]] >= quota[kinds[i]]:
+                continue
+            if genre and gbits[ts[i]] & full:
+                continue
+            take(i, slot)
+            got += 1
+
+    qv, hv = q.tolist(), hi.tolist()
+    if n_e:
+        words = pool.gw.shape[1]
+        used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
+        for _ in range(min(n_e, n)):
+            a = ~picked & pool.explore_ok & (np.asarray(kc) < q)[pool.kind]
+            if full:
                 fw = np.array([(full >> (64 * w)) & (2**64 - 1) for w in range(words)], np.uint64)
-                a &= ~((gw & fw).any(axis=1))
-        return a
-
-    for _ in range(min(n_e, n)):
-        a = allowed(q, True) & pool.explore_ok
-        if not a.any():
-            break
-        # a draw per cluster; a used cluster drops below every unused one; ties go to the better score
-        i = int(np.argmax(np.where(a, pool.theta - 2.0 * used[pool.cluster], -np.inf)))
-        used[pool.cluster[i]] = True
-        take([i], EXPLORE)
-    for _ in range(min(n_v, n - len(order))):
-        a = allowed(q, True) & pool.novel
-        if not a.any():
-            break
-        take([int(a.argmax())], NOVEL)
-    # exploit, then relax in reverse precedence: the genre cap before the kind range
-    for quota, genre in ((q, True), (hi, True), (q, False), (hi, False), (None, False)):
-        while len(order) < n:
-            head = np.flatnonzero(allowed(quota, genre))[: 4 * (n - len(order))]
-            if not len(head):
+                a &= ~((pool.gw & fw).any(axis=1))
+            if not a.any():
                 break
-            # take the longest prefix of allowed titles that stays within the rules: the same
-            # titles one-at-a-time greedy would take, in a few steps instead of one per slot
-            ok = np.ones(len(head), bool)
-            if quota is not None:
-                kcum = kc[None, :] + np.cumsum(np.eye(3, dtype=np.int64)[pool.kind[head]], axis=0)
-                ok &= (kcum <= quota[None, :]).all(axis=1)
-            if genre:
-                ok &= ((gc[None, :] + np.cumsum(pool.mh[head], axis=0)) <= cap).all(axis=1)
-            j = len(head) if ok.all() else max(1, int(np.argmin(ok)))
-            take(head[: min(j, n - len(order))].tolist(), EXPLOIT)
+            # a draw per cluster; a used cluster drops below every unused one; ties: the better score
+            i = int(np.argmax(np.where(a, pool.theta - 2.0 * used[pool.cluster], -np.inf)))
+            used[pool.cluster[i]] = True
+            take(i, EXPLORE)
+    if n_v:
+        scan(qv, True, pool.novel.tolist(), min(n_v, n - len(order)), NOVEL)
+    # exploit, then relax in reverse precedence: the genre cap before the kind range
+    for quota, genre in ((qv, True), (hv, True), (qv, False), (hv, False), (None, False)):
+        if len(order) >= n:
+            break
+        scan(quota, genre, None, n - len(order), EXPLOIT)
     return np.asarray(order, np.int64), np.asarray(slots, np.uint8)
 
 
@@ -364,7 +364,7 @@ def select_top_picks(features: CatalogFeatures, profile: UserProfile, cands: Can
     q = kind_quotas(target, avail, n)
     cap = cfg.genre_cap_for(n) if n < cfg.page_size else cfg.genre_cap
     n_e, n_v = cfg.explore_slots(n), cfg.novel_slots_for(n)
-    idx, slots = _greedy(pool, features.title_genres, n, q, hi, cap, n_v, n_e)
+    idx, slots = _greedy(pool, features, n, q, hi, cap, n_v, n_e)
     picked = np.zeros(len(pool), bool)
     picked[idx] = True
     slot_of = np.zeros(len(pool), np.uint8)
