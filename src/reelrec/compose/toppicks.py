@@ -14,7 +14,7 @@ Within those rules the page maximises the ranker's score (exploit and novel slot
 bandit's draw (explore slots).
 
 A greedy pass over the score-sorted pool fills explore, novel, then exploit slots under the kind
-quotas and genre cap, one vectorised step per slot. Its shortfall on each rule is compared with a
+quotas and genre cap. Its shortfall on each rule is compared with a
 lower bound; when the greedy page is not provably best (rare: tiny or lopsided pools) an exact
 integer program (HiGHS via ``scipy.optimize.milp``) with lexicographic penalties in the order above
 decides. So each rule holds whenever it can hold together with the rules above it.
