@@ -1,0 +1,174 @@
+"""Cold start and the blend from cold-start to personal.
+
+A user with no events gets candidates from priors instead of the ranker: regional popularity, the
+genres picked at onboarding (3-5), and device / region / time-of-day priors (on a phone late in the
+evening, shorter titles and titles from the user's own region rise). Scores over the catalog are
+computed once per segment (region, device, hour band) and cached, so a cold-start page costs
+O(pool), not O(catalog), per user.
+
+As history grows the page blends: with ``n`` engaged titles, ``w = min(1, n / personal_after)``
+(default 5), and the two ranked lists are interleaved by weight: a title scores
+``w / (personal rank + 1) + (1 - w) / (cold rank + 1)``, so about a share w of the top picks is
+personal. At n = 0 the page is the cold-start page, from n = 5 fully personal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from reelrec.compose.config import ComposeConfig
+from reelrec.compose.features import SOURCE, SERIES, CatalogFeatures, Candidates, UserProfile
+
+# hour bands: late evening is when phones lean to short and local titles
+BANDS = ("night", "morning", "day", "evening", "late")
+
+
+def hour_band(hour: int | None) -> str:
+    if hour is None:
+        return "day"
+    h = int(hour) % 24
+    if h < 5:
+        return "night"
+    if h < 10:
+        return "morning"
+    if h < 18:
+        return "day"
+    if h < 21:
+        return "evening"
+    return "late"
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Bonuses added to a title's (0, 1] popularity score in one segment."""
+
+    short: float = 0.0  # runtime (one episode for a series) of 45 minutes or less
+    long: float = 0.0  # a film of 100 minutes or more
+    regional: float = 0.0  # the title comes from the user's region
+    series: float = 0.0
+
+
+DEVICE_PRIORS = {
+    "mobile": Prior(short=0.25, regional=0.10),
+    "tablet": Prior(short=0.10, series=0.05),
+    "tv": Prior(long=0.15),
+    "web": Prior(),
+}
+BAND_PRIORS = {
+    "night": Prior(short=0.10),
+    "morning": Prior(short=0.10),
+    "day": Prior(),
+    "evening": Prior(long=0.05, regional=0.05),
+    "late": Prior(regional=0.20, short=0.10, series=0.05),
+}
+
+
+def prior_for(device: str | None, hour: int | None) -> Prior:
+    d = DEVICE_PRIORS.get((device or "web").lower(), Prior())
+    b = BAND_PRIORS[hour_band(hour)]
+    return Prior(d.short + b.short, d.long + b.long, d.regional + b.regional, d.series + b.series)
+
+
+def blend_weight(n_engaged: int, cfg: ComposeConfig | None = None) -> float:
+    """How personal the page is: 0 for a new user, 1 from ``personal_after`` engaged titles."""
+    cfg = cfg or ComposeConfig()
+    return float(min(1.0, max(0, n_engaged) / cfg.personal_after))
+
+
+def _harmonic(scores: np.ndarray) -> np.ndarray:
+    """1 / (rank + 1), rank 0 being the best score."""
+    r = np.empty(len(scores))
+    r[np.argsort(-scores, kind="stable")] = np.arange(len(scores))
+    return 1.0 / (r + 1.0)
+
+
+def blend_candidates(personal: Candidates | None, cold: Candidates, w: float) -> Candidates:
+    """Weighted interleaving: a title scores ``w / (personal rank + 1) + (1 - w) / (cold rank + 1)``,
+    so about a share ``w`` of the top of the list is personal; the pure side at w = 0 or 1."""
+    if personal is None or len(personal) == 0 or w <= 0:
+        return cold
+    if w >= 1:
+        return personal
+    t = np.concatenate([personal.titles, cold.titles])
+    s = np.concatenate([w * _harmonic(personal.scores), (1 - w) * _harmonic(cold.scores)])
+    src = np.concatenate([personal.sources, cold.sources])
+    anc = np.concatenate([personal.anchors, cold.anchors])
+    uniq, inv = np.unique(t, return_inverse=True)
+    total = np.zeros(len(uniq))
+    np.add.at(total, inv, s)
+    # the source of a title is the side that contributed more
+    order = np.lexsort((-s, inv))
+    first = order[np.searchsorted(inv[order], np.arange(len(uniq)))]
+    return Candidates(uniq, total, src[first], anc[first])
+
+
+class ColdStartPriors:
+    """Cold-start candidates per segment, from popularity (per region when known) and priors.
+
+    ``popularity_by_region`` maps a region to a popularity per title (e.g. recent plays there);
+    regions without one use ``features.popularity``.
+    """
+
+    def __init__(self, features: CatalogFeatures, popularity_by_region: dict[str, np.ndarray] | None = None,
+                 cfg: ComposeConfig | None = None):
+        self.features = features
+        self.cfg = cfg or ComposeConfig()
+        self.pop = {k.upper(): np.asarray(v, np.float64) for k, v in (popularity_by_region or {}).items()}
+        self._segments: dict[tuple, Candidates] = {}
+        rt = features.runtime_s / 60.0
+        self._short = np.nan_to_num(rt, nan=90.0) <= 45.0
+        self._long = (features.kind != SERIES) & (np.nan_to_num(rt, nan=0.0) >= 100.0)
+        self._series = features.kind == SERIES
+
+    def popularity(self, region: str | None) -> np.ndarray:
+        p = self.pop.get((region or "").upper())
+        return p if p is not None else self.features.popularity.astype(np.float64)
+
+    def segment(self, region: str | None, device: str | None, hour: int | None) -> Candidates:
+        """The top ``cold_pool`` titles of a (region, device, hour band) segment; O(catalog) once."""
+        key = ((region or "").upper(), (device or "web").lower(), hour_band(hour))
+        got = self._segments.get(key)
+        if got is not None:
+            return got
+        f = self.features
+        pr = prior_for(device, hour)
+        base = np.log1p(np.clip(self.popularity(region), 0, None))
+        base = base / base.max() if base.max() > 0 else base
+        regional = (f.origin_region == key[0]) if key[0] else np.zeros(len(f), bool)
+        score = (base + pr.short * self._short + pr.long * self._long + pr.series * self._series
+                 + pr.regional * regional)
+        score = np.where(f.available_in(region), score, -np.inf)
+        k = min(self.cfg.cold_pool, int(np.isfinite(score).sum()))
+        top = np.argpartition(-score, k - 1)[:k] if k else np.zeros(0, np.int64)
+        top = top[np.argsort(-score[top], kind="stable")]
+        lift = score[top] - base[top]
+        src = np.where(regional[top] & (pr.regional > 0), SOURCE["regional"],
+                       np.where(lift > 0, SOURCE["regional"], SOURCE["popular"])).astype(np.uint8)
+        got = Candidates(top.astype(np.int64), score[top], src, np.full(k, -1, np.int64))
+        self._segments[key] = got
+        return got
+
+    def candidates(self, profile: UserProfile) -> Candidates:
+        """A user's cold-start candidates: the segment's pool plus the best titles of the genres
+        picked at onboarding, which rise above the rest."""
+        seg = self.segment(profile.region, profile.device, profile.hour)
+        picks = [g for g in (self.features.genre_index(x) for x in profile.onboarding_genres) if g >= 0]
+        if not picks:
+            return seg
+        f = self.features
+        extra = np.concatenate([f.top_of_genre(g, 40) for g in picks]).astype(np.int64)
+        t = np.concatenate([seg.titles, extra])
+        pop = self.popularity(profile.region)
+        base = np.log1p(np.clip(pop[t], 0, None))
+        base = base / base.max() if base.max() > 0 else base
+        s = np.concatenate([seg.scores, base[len(seg.titles):]])
+        matched = f.genre_multi_hot[t][:, picks].any(axis=1)
+        s = s + 1.0 * matched
+        src = np.concatenate([seg.sources, np.full(len(extra), SOURCE["popular"], np.uint8)])
+        src = np.where(matched, SOURCE["onboarding"], src).astype(np.uint8)
+        c = Candidates(t, s, src, np.full(len(t), -1, np.int64))
+        _, first = np.unique(c.titles, return_index=True)
+        keep = np.sort(first)
+        return Candidates(c.titles[keep], c.scores[keep], c.sources[keep], c.anchors[keep])

@@ -1,0 +1,387 @@
+"""Top picks for you: the ranked candidates turned into a page of 20 that respects the rules.
+
+Order of precedence (docs/composition.md): when the rules cannot all hold, the later ones give way.
+  1. exclusions: thumbs down, finished (unless a rewatcher), unavailable in the region, titles in
+     Continue watching, duplicates. Never relaxed: a short page is better than a wrong title.
+  2. page length: min(page_size, eligible titles); a slot is never left empty while an eligible
+     title remains.
+  3. kind mix: each kind within one slot of share * n (``reelrec.compose.mix``).
+  4. genre cap: no genre on more than ``genre_cap`` items (a multi-genre title counts for each).
+  5. novelty: ``novel_slots`` items never shown to the user (slot kind ``novel``).
+  6. exploration: ``explore_share`` of the items (3 of 20) outside the user's dominant genres,
+     from the genre clusters with the highest Thompson draws (slot kind ``explore``).
+Within those rules the page maximises the ranker's score (exploit and novel slots) and the
+bandit's draw (explore slots).
+
+A greedy pass over the score-sorted pool fills explore, novel, then exploit slots under the kind
+quotas and genre cap. Its shortfall on each rule is compared with a
+lower bound; when the greedy page is not provably best (rare: tiny or lopsided pools) an exact
+integer program (HiGHS via ``scipy.optimize.milp``) with lexicographic penalties in the order above
+decides. So each rule holds whenever it can hold together with the rules above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from reelrec.compose import reasons as R
+from reelrec.compose.bandit import ThompsonBandit
+from reelrec.compose.config import ComposeConfig
+from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, Marks, UserProfile, pack_words
+from reelrec.compose.mix import (kind_bounds, kind_deviation, kind_quotas, kind_shares,
+                                 least_kind_deviation)
+from reelrec.log import get_logger
+
+log = get_logger(__name__)
+
+EXPLOIT, EXPLORE, NOVEL = 0, 1, 2
+SLOT_KINDS: tuple[str, ...] = ("exploit", "explore", "novel")
+
+
+@dataclass
+class Pool:
+    """The eligible candidates of one user, sorted by score (best first), with per-item features."""
+
+    t: np.ndarray  # title indices
+    score: np.ndarray
+    src: np.ndarray
+    anchor: np.ndarray
+    kind: np.ndarray
+    gw: np.ndarray  # genre words
+    mh: np.ndarray  # genre multi-hot (n, G)
+    novel: np.ndarray  # never shown
+    explore_ok: np.ndarray  # outside the dominant genres
+    theta: np.ndarray  # the bandit's draw for the title's cluster
+    cluster: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+@dataclass
+class Selection:
+    """Top picks in page order."""
+
+    titles: np.ndarray
+    slots: np.ndarray  # uint8: EXPLOIT / EXPLORE / NOVEL
+    scores: np.ndarray
+    reasons: np.ndarray  # uint8 reason codes
+    reason_args: np.ndarray  # int64
+    penalty: tuple[int, int, int, int]  # kind deviation, genre overflow, novel and explore shortfall
+    target: np.ndarray  # real-valued kind target (3,)
+    exact: bool = False
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+
+def dominant_genres(profile: UserProfile, cfg: ComposeConfig) -> np.ndarray:
+    """The user's top genres (positive affinity only)."""
+    ga = profile.genre_affinity
+    if ga is None or cfg.dominant_genres == 0 or not (ga > 0).any():
+        return np.zeros(0, np.int64)
+    top = np.argsort(-ga, kind="stable")[: cfg.dominant_genres]
+    return top[ga[top] > 0]
+
+
+def eligible_mask(features: CatalogFeatures, profile: UserProfile, titles: np.ndarray,
+                  claimed: np.ndarray | None = None) -> np.ndarray:
+    """Rule 1 for a batch of titles: available in the region and neither excluded nor claimed."""
+    marks = Marks(features, profile)
+    if claimed is not None and len(claimed):
+        marks.claim(np.asarray(claimed, np.int64))
+    return marks.eligible(titles)
+
+
+def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidates, cfg: ComposeConfig,
+               theta_by_cluster: np.ndarray, claimed: np.ndarray | None = None,
+               marks: Marks | None = None) -> Pool:
+    """Deduplicate, apply exclusions, and add popular backfill for missing kinds and explore clusters.
+
+    Backfilled titles score below every ranked candidate, in popularity order.
+    """
+    if marks is None:
+        marks = Marks(features, profile)
+        if claimed is not None and len(claimed):
+            marks.claim(np.asarray(claimed, np.int64))
+    n_page = cfg.page_size
+    order = np.argsort(-cands.scores, kind="stable")
+    t, s = cands.titles[order], cands.scores[order]
+    src, anc = cands.sources[order], cands.anchors[order]
+    _, first = np.unique(t, return_index=True)
+    keep = np.sort(first)
+    t, s, src, anc = t[keep], s[keep], src[keep], anc[keep]
+    ok = marks.eligible(t)
+    t, s, src, anc = t[ok], s[ok], src[ok], anc[ok]
+
+    dom = dominant_genres(profile, cfg)
+    dom_words = pack_words(np.isin(np.arange(features.n_genres), dom)[None, :])[0]
+    extra = []
+    shares = kind_shares(profile.kind_affinity, cfg)
+    have = np.bincount(features.kind[t], minlength=3)
+    need = np.ceil(shares * n_page).astype(int) + 1
+    for k in np.flatnonzero(have < need):
+        extra.append(features.top_of_kind(int(k), cfg.backfill_per_kind))
+    n_e = cfg.explore_slots(n_page)
+    if n_e and cfg.explore_pool:
+        outside = ~((features.genre_words[t] & dom_words).any(axis=1))
+        # enough distinct explore clusters in the ranked pool: no backfill needed
+        if len(np.unique(features.cluster[t[outside]])) < n_e + 2:
+            for c in np.argsort(-theta_by_cluster)[: n_e + 3]:
+                extra.append(features.top_of_cluster(int(c), cfg.explore_pool))
+    if extra:
+        e = np.concatenate(extra).astype(np.int64)
+        _, fi = np.unique(e, return_index=True)
+        e = e[np.sort(fi)]
+        e = e[marks.eligible(e)]
+        e = e[~np.isin(e, t)]
+        if len(e):
+            base = (s.min() if len(s) else 0.0) - 1.0
+            t = np.concatenate([t, e])
+            s = np.concatenate([s, base - np.arange(len(e)) / len(e)])
+            src = np.concatenate([src, np.full(len(e), SOURCE["popular"], np.uint8)])
+            anc = np.concatenate([anc, np.full(len(e), -1, np.int64)])
+    gw = features.genre_words[t]
+    cl = features.cluster[t]
+    return Pool(t=t, score=s, src=src, anchor=anc, kind=features.kind[t].astype(np.int64), gw=gw,
+                mh=features.genre_multi_hot[t], novel=marks.novel(t),
+                explore_ok=~((gw & dom_words).any(axis=1)), theta=theta_by_cluster[cl], cluster=cl)
+
+
+def _penalty(pool: Pool, picked: np.ndarray, slots: np.ndarray, lo, hi, cap: int, n_v: int,
+             n_e: int) -> tuple[int, int, int, int]:
+    counts = np.bincount(pool.kind[picked], minlength=3)
+    genre = pool.mh[picked].sum(axis=0)
+    return (kind_deviation(counts, lo, hi), int(np.maximum(0, genre - cap).sum()),
+            max(0, n_v - int((slots == NOVEL).sum())), max(0, n_e - int((slots == EXPLORE).sum())))
+
+
+def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np.ndarray, cap: int,
+            n_v: int, n_e: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the pool (pick order) and their slot kinds.
+
+    Explore slots are an argmax over the bandit's draws (numpy, a few steps); novel and exploit
+    slots are scans down the score-sorted pool that stop once the page is full, testing each title
+    with integer bitmasks (on ~300-title pools, several times faster than numpy steps per slot).
+    """
+    size = len(pool)
+    ts, kinds = pool.t.tolist(), pool.kind.tolist()
+    gbits, tg = features.genre_bits, features.title_genres
+    picked = np.zeros(size, bool)
+    kc = [0, 0, 0]
+    gc: dict[int, int] = {}
+    full = 0  # bit g set once genre g reached the cap
+    order: list[int] = []
+    slots: list[int] = []
+
+    def take(i: int, slot: int) -> None:
+        nonlocal full
+        picked[i] = True
+        kc[kinds[i]] += 1
+        for g in tg[ts[i]]:
+            c = gc.get(g, 0) + 1
+            gc[g] = c
+            if c >= cap:
+                full |= 1 << g
+        order.append(i)
+        slots.append(slot)
+
+    def scan(quota: list[int] | None, genre: bool, only: list[bool] | None, want: int, slot: int) -> None:
+        """Take up to ``want`` titles in score order that keep the quota and the cap."""
+        got = 0
+        for i in range(size):
+            if got >= want:
+                return
+            if picked[i] or (only is not None and not only[i]):
+                continue
+            if quota is not None and kc[kinds[i]] >= quota[kinds[i]]:
+                continue
+            if genre and gbits[ts[i]] & full:
+                continue
+            take(i, slot)
+            got += 1
+
+    qv, hv = q.tolist(), hi.tolist()
+    if n_e:
+        words = pool.gw.shape[1]
+        used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
+        for _ in range(min(n_e, n)):
+            a = ~picked & pool.explore_ok & (np.asarray(kc) < q)[pool.kind]
+            if full:
+                fw = np.array([(full >> (64 * w)) & (2**64 - 1) for w in range(words)], np.uint64)
+                a &= ~((pool.gw & fw).any(axis=1))
+            if not a.any():
+                break
+            # a draw per cluster; a used cluster drops below every unused one; ties: the better score
+            i = int(np.argmax(np.where(a, pool.theta - 2.0 * used[pool.cluster], -np.inf)))
+            used[pool.cluster[i]] = True
+            take(i, EXPLORE)
+    if n_v:
+        scan(qv, True, pool.novel.tolist(), min(n_v, n - len(order)), NOVEL)
+    # exploit, then relax in reverse precedence: the genre cap before the kind range
+    for quota, genre in ((qv, True), (hv, True), (qv, False), (hv, False), (None, False)):
+        if len(order) >= n:
+            break
+        scan(quota, genre, None, n - len(order), EXPLOIT)
+    return np.asarray(order, np.int64), np.asarray(slots, np.uint8)
+
+
+def _exact(pool: Pool, n: int, lo, hi, cap: int, n_v: int, n_e: int, time_limit: float
+           ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The lexicographically best page by integer programming; None if the solver gives up."""
+    m = len(pool)
+    G = pool.mh.shape[1]
+    # variables: x (exploit), v (novel), e (explore) per item; kind under/over (3+3); genre over (G);
+    # novel and explore shortfall (1+1)
+    nv = 3 * m + 6 + G + 2
+    rank_value = 1.0 - np.arange(m) / max(m, 1)
+    obj_bound = 2.0 * n
+    p_e = obj_bound + 1
+    p_v = obj_bound + p_e * n_e + 1
+    p_g = obj_bound + p_e * n_e + p_v * n_v + 1
+    max_genres = int(pool.mh.sum(axis=1).max()) if m else 0
+    p_k = p_g * n * max(max_genres, 1) + p_g
+    c = np.concatenate([-rank_value, -rank_value, -(pool.theta + 0.01 * rank_value),
+                        np.full(6, p_k), np.full(G, p_g), [p_v, p_e]])
+    ub = np.concatenate([np.ones(m), pool.novel.astype(float), pool.explore_ok.astype(float),
+                         np.full(6 + G + 2, float(n))])
+    eye = sp.identity(m, format="csr")
+    sel = sp.hstack([eye, eye, eye])  # x + v + e per item
+    kind_oh = sp.csr_matrix((np.ones(m), (pool.kind, np.arange(m))), shape=(3, m))
+    genre_t = sp.csr_matrix(pool.mh.T.astype(float))
+    z = lambda r, k: sp.csr_matrix((r, k))  # noqa: E731
+    rows, lbs, ubs = [], [], []
+
+    def add(block, lb, ubv):
+        rows.append(block)
+        lbs.append(np.broadcast_to(lb, block.shape[0]))
+        ubs.append(np.broadcast_to(ubv, block.shape[0]))
+
+    add(sp.hstack([sel, z(m, 6 + G + 2)]), -np.inf, 1.0)
+    add(sp.hstack([sp.csr_matrix(np.ones((1, m))) @ sel, z(1, 6 + G + 2)]), n, n)
+    add(sp.hstack([kind_oh @ sel, sp.identity(3), z(3, 3 + G + 2)]), lo, np.inf)
+    add(sp.hstack([kind_oh @ sel, z(3, 3), -sp.identity(3), z(3, G + 2)]), -np.inf, hi)
+    if G:
+        add(sp.hstack([genre_t @ sel, z(G, 6), -sp.identity(G), z(G, 2)]), -np.inf, cap)
+    row_v = sp.hstack([z(1, m), sp.csr_matrix(np.ones((1, m))), z(1, m), z(1, 6 + G), sp.csr_matrix([[1.0, 0.0]])])
+    add(row_v, n_v, n_v)
+    row_e = sp.hstack([z(1, 2 * m), sp.csr_matrix(np.ones((1, m))), z(1, 6 + G), sp.csr_matrix([[0.0, 1.0]])])
+    add(row_e, n_e, n_e)
+    A = sp.vstack(rows).tocsr()
+    res = milp(c, constraints=LinearConstraint(A, np.concatenate(lbs), np.concatenate(ubs)),
+               integrality=np.ones(nv), bounds=Bounds(np.zeros(nv), ub),
+               options={"time_limit": time_limit, "mip_rel_gap": 0.0, "presolve": True})
+    if res.x is None:
+        log.warning("exact top-picks solver gave no solution", status=res.status, message=res.message)
+        return None
+    x = np.round(res.x[:3 * m]).reshape(3, m)
+    idx = np.flatnonzero(x.sum(axis=0) > 0.5)
+    slots = np.where(x[2, idx] > 0.5, EXPLORE, np.where(x[1, idx] > 0.5, NOVEL, EXPLOIT)).astype(np.uint8)
+    return idx, slots
+
+
+def _page_order(pool: Pool, idx: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exploit items by score; explore and novel items alternate at evenly spread positions."""
+    n = len(idx)
+    explore = idx[slots == EXPLORE][np.argsort(-pool.theta[idx[slots == EXPLORE]], kind="stable")]
+    novel = np.sort(idx[slots == NOVEL])  # the pool is sorted by score: index order is score order
+    special: list[tuple[int, int]] = []
+    for j in range(max(len(explore), len(novel))):
+        special += [(int(i), EXPLORE) for i in explore[j:j + 1]] + [(int(i), NOVEL) for i in novel[j:j + 1]]
+    S = len(special)
+    out = np.full(n, -1, np.int64)
+    out_slots = np.zeros(n, np.uint8)
+    taken = np.zeros(n, bool)
+    for j, (i, slot) in enumerate(special):  # a handful of special slots per page
+        p = int(round((j + 1) * n / (S + 1))) % n
+        while taken[p]:
+            p = (p + 1) % n
+        out[p], out_slots[p], taken[p] = i, slot, True
+    out[~taken] = np.sort(idx[slots == EXPLOIT])
+    return out, out_slots
+
+
+def item_reasons(features: CatalogFeatures, profile: UserProfile, pool: Pool, idx: np.ndarray,
+                 slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A reason code and argument per picked item, from its slot kind and source."""
+    t = pool.t[idx]
+    first = features.first_genre[t]
+    mh = pool.mh[idx]
+    if mh.shape[1] and profile.genre_affinity is not None:
+        aff = np.where(mh, profile.genre_affinity[None, :], -np.inf)
+        best = aff.argmax(axis=1)
+        liked = np.where(aff[np.arange(len(t)), best] > 0, best, -1)
+    else:
+        liked = np.full(len(t), -1, np.int64)
+    picks = [g for g in (features.genre_index(x) for x in profile.onboarding_genres) if g >= 0]
+    picked_genre = first
+    if picks and len(t):
+        om = np.zeros_like(mh)
+        om[:, picks] = mh[:, picks]
+        picked_genre = np.where(om.any(axis=1), om.argmax(axis=1), first)
+    src, anc = pool.src[idx], pool.anchor[idx]
+    code = np.full(len(t), R.AFFINITY, np.uint8)
+    arg = liked.astype(np.int64)
+    rules = [
+        (src == SOURCE["trending"], R.TRENDING, -1),
+        (src == SOURCE["new"], R.NEW_RELEASE, -1),
+        (src == SOURCE["popular"], R.POPULAR, -1),
+        (src == SOURCE["regional"], R.PRIOR, -1),
+        (src == SOURCE["onboarding"], R.ONBOARDING, picked_genre),
+        ((src == SOURCE["covisit"]) & (anc >= 0), R.BECAUSE, anc),
+        (slots == NOVEL, R.NOVEL, first),
+        (slots == EXPLORE, R.EXPLORE, first),
+    ]
+    for mask, c, a in rules:  # later rules win: the slot kind explains more than the source
+        code[mask] = c
+        arg[mask] = (a[mask] if isinstance(a, np.ndarray) else a)
+    return code, arg
+
+
+def select_top_picks(features: CatalogFeatures, profile: UserProfile, cands: Candidates,
+                     cfg: ComposeConfig | None = None, bandit: ThompsonBandit | None = None,
+                     rng: np.random.Generator | None = None, claimed: np.ndarray | None = None,
+                     marks: Marks | None = None) -> Selection:
+    """Compose the top ``page_size`` for one user. Never raises on a small or empty pool.
+
+    ``profile`` and ``cands`` must be validated (``UserProfile.validated``, ``Candidates.validated``);
+    ``claimed`` titles (Continue watching) are left out; ``marks`` may carry them instead.
+    """
+    cfg = cfg or ComposeConfig()
+    rng = rng if rng is not None else np.random.default_rng()
+    n_cl = len(features.cluster_names)
+    theta = (bandit.sample(profile.region, rng) if bandit is not None else rng.beta(1.0, 1.0, n_cl))
+    pool = build_pool(features, profile, cands, cfg, theta, claimed, marks)
+    n = min(cfg.page_size, len(pool))
+    shares = kind_shares(profile.kind_affinity, cfg)
+    target = shares * n
+    lo, hi = kind_bounds(target)
+    avail = np.bincount(pool.kind, minlength=3)
+    q = kind_quotas(target, avail, n)
+    cap = cfg.genre_cap_for(n) if n < cfg.page_size else cfg.genre_cap
+    n_e, n_v = cfg.explore_slots(n), cfg.novel_slots_for(n)
+    idx, slots = _greedy(pool, features, n, q, hi, cap, n_v, n_e)
+    picked = np.zeros(len(pool), bool)
+    picked[idx] = True
+    slot_of = np.zeros(len(pool), np.uint8)
+    slot_of[idx] = slots
+    pen = _penalty(pool, picked, slots, lo, hi, cap, n_v, n_e)
+    bound = (least_kind_deviation(lo, hi, avail, n), 0,
+             max(0, n_v - int(pool.novel.sum())), max(0, n_e - int(pool.explore_ok.sum())))
+    exact = False
+    if pen != bound and n:
+        got = _exact(pool, n, lo, hi, cap, n_v, n_e, cfg.exact_time_limit_s)
+        if got is not None:
+            p2 = np.zeros(len(pool), bool)
+            p2[got[0]] = True
+            pen2 = _penalty(pool, p2, got[1], lo, hi, cap, n_v, n_e)
+            if pen2 <= pen:
+                idx, slots, pen, exact = got[0], got[1], pen2, True
+    idx, slots = _page_order(pool, idx, slots)
+    code, arg = item_reasons(features, profile, pool, idx, slots)
+    return Selection(titles=pool.t[idx], slots=slots, scores=pool.score[idx], reasons=code,
+                     reason_args=arg, penalty=pen, target=target, exact=exact)
