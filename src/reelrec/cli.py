@@ -331,6 +331,70 @@ def evaluate(
             err_console.print(f"wrote {p}")
     print(markdown(doc).split("\n![")[0])
 
+# --- batch layer: training and model versions ---------------------------------------------------
+models_app = typer.Typer(no_args_is_help=True, help="Trained model versions and the published pointer.")
+app.add_typer(models_app, name="models")
+
+
+@app.command()
+def train(data: Optional[Path] = DataOpt,
+          tune: bool = typer.Option(True, "--tune/--no-tune", help="grid-search ALS and EASE"),
+          publish: bool = typer.Option(True, "--publish/--no-publish", help="publish when checks pass"),
+          factors: int = typer.Option(128, min=1, help="ALS factors")):
+    """Train a model version from the lake (ALS, recall sources, ranker) and publish it."""
+    from reelrec.batch.pipeline import PipelineConfig
+    from reelrec.batch.progress import RichProgress
+    from reelrec.batch.train import train as run_train
+    from reelrec.recall.als import ALSParams
+    s = settings_for(data)
+    cfg = PipelineConfig(als=ALSParams(factors=factors), tune=tune)
+    try:
+        with RichProgress() as progress:
+            res = run_train(s, cfg, publish=publish, progress=progress)
+    except ReelrecError as exc:
+        fail(exc)
+    m = res.manifest
+    console.print(f"version {res.version} ({'published' if res.published else 'not published'}) "
+                  f"in {res.seconds:.1f} s: {m['counts']['users']:,} users, {m['counts']['titles']:,} "
+                  f"titles, {m['counts']['positives']:,} positives")
+    console.print(f"ALS {m['params']['als']}  EASE lambda {m['params']['ease_lambda']}")
+    console.print(f"metrics {m['metrics']}")
+    for p in m["checks"]:
+        err_console.print(f"[yellow]check failed:[/yellow] {p}")
+
+
+@models_app.command("list")
+def models_list(data: Optional[Path] = DataOpt, as_json: bool = typer.Option(False, "--json")):
+    """Model versions, newest first: published marker, checks, counts and validation metrics."""
+    from reelrec.batch.versions import ModelStore
+    s = settings_for(data)
+    rows = ModelStore(s.models_dir).list()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"model versions in {s.models_dir}", title_justify="left")
+    t.add_column("version", no_wrap=True)
+    for c in ("published", "ok", "users", "titles", "candidates recall", "ranker ndcg@10"):
+        t.add_column(c)
+    for r in rows:
+        c, mt = r.get("counts", {}), r.get("metrics", {})
+        t.add_row(r["version"], "*" if r["current"] else "", "yes" if r["ok"] else f"no: {r.get('error', '')}",
+                  f"{c.get('users', '-')}", f"{c.get('titles', '-')}", f"{mt.get('candidates_recall', '-')}",
+                  f"{mt.get('ranker_valid_ndcg@10', '-')}")
+    console.print(t)
+
+
+@models_app.command("publish")
+def models_publish(version: str = typer.Argument(...), data: Optional[Path] = DataOpt):
+    """Point the published model at VERSION (verified first)."""
+    from reelrec.batch.versions import ModelStore
+    s = settings_for(data)
+    try:
+        ModelStore(s.models_dir).publish(version)
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"published {version}")
+
 
 def main() -> None:
     from reelrec.log import setup_logging
