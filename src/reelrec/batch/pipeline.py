@@ -117,7 +117,7 @@ def user_regions(user_ids: np.ndarray, users: pa.Table | None, events: pa.Table)
     if "region" in events.column_names and events.num_rows:
         ev = events.filter(pc.is_valid(events.column("region")))
         if ev.num_rows:
-            last = ev.group_by("user_id").aggregate([("region", "last")])
+            last = ev.group_by("user_id", use_threads=False).aggregate([("region", "last")])
             idx = index_of(last.column("user_id"), pa.array(list(user_ids), pa.string()))
             reg = last.column("region_last").to_numpy(zero_copy_only=False)
             missing = np.array([r is None for r in out])
@@ -216,12 +216,14 @@ class Pipeline:
         return build_features(self.art, state, cands, dense)
 
     # stage 2
-    def score(self, state: UserState, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (title columns, ranker scores) per user of the batch, best first, -1 padded."""
+    def score(self, state: UserState, k: int, with_sources: bool = False):
+        """Top-``k`` (title columns, ranker scores) per user of the batch, best first, -1 padded.
+        With ``with_sources``, also each title's best-placed recall source (names, "" padded)."""
         cands, dense = self.candidates(state)
         b, c = cands.cols.shape
         if c == 0:
-            return np.full((b, k), -1, np.int64), np.full((b, k), -np.inf, np.float32)
+            out = (np.full((b, k), -1, np.int64), np.full((b, k), -np.inf, np.float32))
+            return out + (np.full((b, k), "", dtype=object),) if with_sources else out
         x = self.features(state, cands, dense)
         if self.ranker is not None:
             s = self.ranker.predict(x.reshape(b * c, -1), num_threads=2).reshape(b, c)
@@ -236,7 +238,14 @@ class Pipeline:
         if kk < k:
             cols = np.pad(cols, ((0, 0), (0, k - kk)), constant_values=-1)
             sc = np.pad(sc, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-        return cols, sc
+        if not with_sources:
+            return cols, sc
+        best = np.argmin(cands.rank, axis=2)  # (B, C): the source that placed the title best
+        names = np.asarray(cands.sources, dtype=object)[np.take_along_axis(best, part, axis=1)]
+        names = np.where(cols[:, :kk] >= 0, names, "")
+        if kk < k:
+            names = np.pad(names, ((0, 0), (0, k - kk)), constant_values="")
+        return cols, sc, names
 
     def recommend_rows(self, rows: np.ndarray, k: int, progress=None) -> np.ndarray:
         """Top-``k`` title columns for training users ``rows`` (batched)."""
