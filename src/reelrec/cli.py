@@ -398,11 +398,7 @@ def models_publish(version: str = typer.Argument(...), data: Optional[Path] = Da
 
 # --- homepages -----------------------------------------------------------------------------------
 def default_cache_url(s) -> str:
-    """The cache named by settings, or a memory cache snapshotted in the data directory so that
-    one command's pages are there for the next (embedded mode)."""
-    if s.cache_url and s.cache_url != "memory://":
-        return s.cache_url
-    return f"memory://{(s.data_dir.resolve() / 'cache' / 'pages.arrow').as_posix()}"
+    return s.cache
 
 
 @app.command()

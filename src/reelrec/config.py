@@ -98,6 +98,14 @@ class Settings(BaseSettings):
         return self.lake_url or (self.data_dir.resolve() / "lake").as_uri()
 
     @property
+    def cache(self) -> str:
+        """The homepage cache URL; plain ``memory://`` becomes a memory cache snapshotted in the data
+        directory, so pages one command precomputes are there for the next (embedded mode)."""
+        if self.cache_url != "memory://":
+            return self.cache_url
+        return f"memory://{(self.data_dir.resolve() / 'cache' / 'pages.arrow').as_posix()}"
+
+    @property
     def catalog_dir(self) -> Path:
         return self.data_dir / "catalog"
 
