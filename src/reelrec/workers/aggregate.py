@@ -106,7 +106,16 @@ class Aggregator:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            got = self.consumer.poll(max_messages=self.max_batch - len(batch), timeout=min(left, 0.5))
+            try:
+                got = self.consumer.poll(max_messages=self.max_batch - len(batch),
+                                         timeout=min(left, 0.5))
+            except Unavailable as exc:  # the broker is away; the client reconnects by itself
+                log.warning("bus unavailable; polling again", error=str(exc))
+                if stop is not None:
+                    stop.wait(min(left, 1.0))
+                else:
+                    time.sleep(min(left, 1.0))
+                continue
             if got and not batch:
                 deadline = time.monotonic() + self.max_wait_s
             batch.extend(got)
