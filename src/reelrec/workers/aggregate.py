@@ -133,6 +133,11 @@ class Aggregator:
         catalog = self.catalog.get() if self.catalog is not None else None
         checked = check_messages(batch, titles=catalog, future_tolerance_s=self.future_tolerance_s)
         written = [0]
+        # A batch holds each partition's messages in offset order, so committing the last one
+        # of each partition commits them all, at a fraction of the cost of walking the batch.
+        # (Should a rebalance ever refetch older offsets into the same batch, the last one is
+        # the lower: the commit errs towards redelivery, never past an unwritten message.)
+        tails = list({(m.topic, m.partition): m for m in batch}.values())
 
         def store():
             if checked.table.num_rows:
@@ -144,7 +149,7 @@ class Aggregator:
                                      [r for _, r in checked.rejected])
 
         for what, stage in (("lake write", store), ("dead-letter publish", dead_letter),
-                            ("commit", lambda: self.consumer.commit(batch))):
+                            ("commit", lambda: self.consumer.commit(tails))):
             pause = 0.5
             while True:
                 try:
@@ -170,7 +175,7 @@ class Aggregator:
         s.written += written[0]
         s.dead_lettered += len(checked.rejected)
         s.fast += checked.fast
-        stamps = [m.timestamp_ms for m in batch if m.timestamp_ms]
+        stamps = [m.timestamp_ms for m in tails if m.timestamp_ms]
         if stamps:
             s.lag_s = max(0.0, time.time() - max(stamps) / 1000)
         log.debug("batch committed", messages=len(batch), written=written[0],

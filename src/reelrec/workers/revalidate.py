@@ -171,10 +171,10 @@ def _lake_rows(wire: pa.Table, rows: np.ndarray, ts_us: np.ndarray) -> pa.Table:
 
 def _read_wire(messages: Sequence[Message]) -> pa.Table | None:
     values = [m.value for m in messages]
-    # One JSON object per line: a value that is empty or spans lines would misalign the rows.
-    if any(not v or b"\n" in v or b"\r" in v for v in values):
-        return None
     buf = b"\n".join(values)
+    # One JSON object per line: a value that is empty or spans lines would misalign the rows.
+    if buf.count(b"\n") != len(values) - 1 or b"\r" in buf or 0 in map(len, values):
+        return None
     try:
         wire = pj.read_json(
             io.BytesIO(buf),
