@@ -13,6 +13,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, StringConstraints
@@ -246,7 +247,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorResponse}}, **scoped("public"))
     def readyz():
-        checks = {"lake": _check(lambda: services.lake.partitions())}
+        checks = {"lake": _check(lambda: services.lake.partitions()), "bus": _check(services.bus.ping)}
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
@@ -268,7 +269,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         accepted event is durable; rejected ones are listed by index with field and reason."""
         body = await _json_body(request)
         records = body if isinstance(body, list) else [body]
-        result = ingest_events(services, records)
+        # Off the event loop: a Kafka publish waits for the broker's acks (up to
+        # publish_timeout_s) and an embedded one fsyncs a Parquet file.
+        result = await run_in_threadpool(ingest_events, services, records)
         metrics.events.labels("accepted").inc(result.accepted)
         metrics.events.labels("rejected").inc(len({e.index for e in result.rejected}))
         payload = {"accepted": result.accepted, "rejected": [e.as_dict() for e in result.rejected]}
