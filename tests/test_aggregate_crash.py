@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
 from fixtures_servers import _wait_port, free_port
 from reelrec.storage.bus import open_bus
