@@ -27,6 +27,7 @@ def events_of(s) -> pa.Table:
 
 
 # --- MovieLens 100K ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ml100k_counts_titles_users_and_reimport(ml100k, tmp_path):
     s = settings(tmp_path)
     summary = import_movielens(ml100k, s)
@@ -74,6 +75,7 @@ def test_ml100k_counts_titles_users_and_reimport(ml100k, tmp_path):
     assert load_users(s.data_dir).num_rows == 943
 
 
+@pytest.mark.slow
 def test_ml_latest_small_counts(mlsmall, tmp_path):
     s = settings(tmp_path)
     summary = import_movielens(mlsmall, s)
