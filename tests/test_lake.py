@@ -142,3 +142,12 @@ def test_scan_counts_each_event_once_whatever_the_batches(tmp_path_factory, batc
     got = lake.scan(columns=["event_id", "ts"])
     assert sorted(got.column("event_id").to_pylist(), key=int) == [str(i) for i in sorted(seen)]
     assert lake.stats()["events"] == len(seen)
+
+
+def test_duckdb_glob_skips_a_file_being_written(tmp_path):
+    lake = open_lake(tmp_path)
+    lake.append(batch(range(3)))
+    (tmp_path / "date=2026-10-01" / ".tmp-part-9.parquet").write_bytes(b"half a file")
+    rows = duckdb.sql(f"SELECT count(*), min(date) FROM read_parquet('{lake.glob}', "
+                      "hive_partitioning=true)").fetchall()
+    assert rows == [(3, dt.date(2026, 10, 1))]

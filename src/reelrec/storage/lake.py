@@ -19,7 +19,7 @@ Contract (DESIGN.md): append atomically, scan a time range, compact, dedupe by `
 
 DuckDB reads the same files directly::
 
-    SELECT type, count(*) FROM read_parquet('DIR/lake/date=*/*.parquet', hive_partitioning=true)
+    SELECT type, count(*) FROM read_parquet('DIR/lake/date=*/part-*.parquet', hive_partitioning=true)
     GROUP BY type
 """
 
@@ -142,7 +142,7 @@ class ParquetLake:
     @property
     def glob(self) -> str:
         """A glob DuckDB (``read_parquet(..., hive_partitioning=true)``) can read."""
-        return f"{self.root}/date=*/*.parquet"
+        return f"{self.root}/date=*/part-*.parquet"
 
     # --- write ---------------------------------------------------------------------------
     def _write_file(self, table: pa.Table, day: dt.date) -> str:
