@@ -236,7 +236,10 @@ class ParquetLake:
         # only rows of partitions with several files can be duplicates (see the module docstring)
         candidate = np.repeat(np.array(flags, dtype=bool), [b.num_rows for b in batches])
         cand = np.flatnonzero(candidate)
-        keep = first_positions(table.column("event_id").take(cand))
+        keys = table.column("event_id")
+        # one contiguous chunk: take and group_by over hundreds of small batches are 3x slower
+        keys = (keys if len(cand) == len(keys) else keys.filter(pa.array(candidate))).combine_chunks()
+        keep = first_positions(keys)
         if len(keep) < len(cand):
             drop = candidate
             drop[cand[keep]] = False
