@@ -137,6 +137,9 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where to build the lake (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="200 K events in batches of 20 K")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--compare-lake", type=Path, default=None, metavar="LAKE_PY",
+                    help="another version of storage/lake.py (e.g. main's) run on the same batches "
+                         "in the same process")
     args = ap.parse_args()
     if args.quick:
         args.events, args.batch, args.repeat = 200_000, 20_000, 1
@@ -147,6 +150,15 @@ def main() -> None:
         shutil.rmtree(d, ignore_errors=True)
     base_dir.mkdir(parents=True)
     lake = open_lake(lake_dir)
+    other = None
+    if args.compare_lake:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("compare_lake", args.compare_lake)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        shutil.rmtree(root / "compare", ignore_errors=True)
+        other = mod.open_lake(root / "compare")
+    other_times, other_cpu = [], 0.0
     rng = np.random.default_rng(args.seed)
     nbatches = -(-args.events // args.batch)
     span = args.days * 86400 / nbatches
@@ -165,6 +177,11 @@ def main() -> None:
         pq.write_table(batch, base_dir / f"{b}.parquet", compression="zstd")
         base_times.append(time.perf_counter() - t)
         base_cpu += time.process_time() - c
+        if other is not None:
+            t, c = time.perf_counter(), time.process_time()
+            other.append(batch)
+            other_times.append(time.perf_counter() - t)
+            other_cpu += time.process_time() - c
         total += n
         if (b + 1) % max(1, nbatches // 10) == 0 or b + 1 == nbatches:
             progress(f"  {total:>12,} events  lake {total / sum(lake_times):>12,.0f} ev/s  "
@@ -180,6 +197,10 @@ def main() -> None:
         "baseline_median_batch_ms": statistics.median(base_times) * 1e3,
         "lake_bytes": sum(f.stat().st_size for f in lake_dir.rglob("*.parquet")),
     }
+    if other is not None:
+        append.update(other_events_per_s=total / sum(other_times),
+                      other_events_per_cpu_s=total / other_cpu,
+                      other_median_batch_ms=statistics.median(other_times) * 1e3)
     day = (T0 + dt.timedelta(days=args.days // 2)).date()
     progress("scanning before compaction")
     before = scans(lake, day, args.repeat)
@@ -191,6 +212,12 @@ def main() -> None:
     after = scans(lake, day, args.repeat)
     result = {"append": append, "before": before, "compact_s": compact_s,
               "compact": rep.__dict__, "after": after}
+    if other is not None:
+        progress(f"scanning with {args.compare_lake}")
+        o_before = timed(lambda: other.scan(), args.repeat)
+        other.compact()
+        o_after = timed(lambda: other.scan(), args.repeat)
+        result["other_scan"] = {"before": o_before, "after": o_after}
     print_markdown(result, args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
@@ -207,6 +234,9 @@ def print_markdown(r: dict, args) -> None:
     print("|---|---:|---:|---:|")
     print(f"| lake.append | {a['lake_events_per_s']:,.0f} | {a['lake_events_per_cpu_s']:,.0f} | "
           f"{a['lake_median_batch_ms']:.1f} |")
+    if "other_events_per_s" in a:
+        print(f"| {args.compare_lake} append | {a['other_events_per_s']:,.0f} | "
+              f"{a['other_events_per_cpu_s']:,.0f} | {a['other_median_batch_ms']:.1f} |")
     print(f"| bare pq.write_table (baseline) | {a['baseline_events_per_s']:,.0f} | "
           f"{a['baseline_events_per_cpu_s']:,.0f} | {a['baseline_median_batch_ms']:.1f} |")
     print(f"\nlake size {a['lake_bytes'] / 1e6:,.0f} MB; compaction {r['compact_s']:.1f} s "
@@ -220,6 +250,10 @@ def print_markdown(r: dict, args) -> None:
                        ("one_day", f"lake.scan(one day), all columns ({b['one_day_rows']:,} rows)"),
                        ("duckdb_count", "DuckDB count(*) over the glob")):
         print(f"| {label} | {b[key]:.2f} ({b[key + '_cpu']:.2f}) | {c[key]:.2f} ({c[key + '_cpu']:.2f}) |")
+    if "other_scan" in r:
+        ob, oa = r["other_scan"]["before"], r["other_scan"]["after"]
+        print(f"| {args.compare_lake} scan(), all columns | {ob[0]:.2f} ({ob[1]:.2f}) | "
+              f"{oa[0]:.2f} ({oa[1]:.2f}) |")
     print(f"| lake.scan() events/s, wall | {b['full_rows'] / b['full']:,.0f} | "
           f"{c['full_rows'] / c['full']:,.0f} |")
     print(f"| lake.scan() events per CPU-second | {b['full_rows'] / b['full_cpu']:,.0f} | "

@@ -228,22 +228,34 @@ class ParquetLake:
         scanner = dataset.scanner(columns=read_cols, filter=flt)
         if not multi:
             return scanner.to_table().select(want)
-        batches, flags = [], []
+        part_of = {f: i for i, (_, fs) in enumerate(parts) for f in fs}
+        batches, labels = [], []
         for tagged in scanner.scan_batches():
             batches.append(tagged.record_batch)
-            flags.append(tagged.fragment.path in multi)
+            labels.append(part_of[tagged.fragment.path])
         table = pa.Table.from_batches(batches, schema=scanner.projected_schema)
-        # only rows of partitions with several files can be duplicates (see the module docstring)
-        candidate = np.repeat(np.array(flags, dtype=bool), [b.num_rows for b in batches])
-        cand = np.flatnonzero(candidate)
+        # batches come in file order, so each partition's rows are one contiguous range; only
+        # partitions with several files can hold duplicates (see the module docstring), and
+        # deduplicating one date at a time keeps the hash table small (10 M random ids: 8.8 s of
+        # CPU at once, 2.3 s as seven dates)
+        bounds = np.r_[0, np.cumsum([b.num_rows for b in batches])]
+        labels = np.asarray(labels)
         keys = table.column("event_id")
-        # one contiguous chunk: take and group_by over hundreds of small batches are 3x slower
-        keys = (keys if len(cand) == len(keys) else keys.filter(pa.array(candidate))).combine_chunks()
-        keep = first_positions(keys)
-        if len(keep) < len(cand):
-            drop = candidate
-            drop[cand[keep]] = False
-            table = table.filter(pa.array(~drop))
+        keep = np.ones(table.num_rows, dtype=bool)
+        if len(labels) > 1 and (np.diff(labels) < 0).any():
+            raise RuntimeError("parquet scan returned batches out of file order")
+        lo, hi = np.searchsorted(labels, np.arange(len(parts)), "left"), \
+            np.searchsorted(labels, np.arange(len(parts)), "right")
+        for i, (_, fs) in enumerate(parts):
+            if len(fs) < 2 or lo[i] == hi[i]:
+                continue
+            a, b = int(bounds[lo[i]]), int(bounds[hi[i]])
+            firsts = first_positions(keys.slice(a, b - a).combine_chunks())
+            if len(firsts) < b - a:
+                keep[a:b] = False
+                keep[a + firsts] = True
+        if not keep.all():
+            table = table.filter(pa.array(keep))
         return table.select(want)
 
     def count(self) -> int:
