@@ -155,6 +155,7 @@ def main() -> None:
         import importlib.util
         spec = importlib.util.spec_from_file_location("compare_lake", args.compare_lake)
         mod = importlib.util.module_from_spec(spec)
+        sys.modules["compare_lake"] = mod  # dataclasses look their module up
         spec.loader.exec_module(mod)
         shutil.rmtree(root / "compare", ignore_errors=True)
         other = mod.open_lake(root / "compare")
