@@ -300,3 +300,11 @@ def test_separator_from_option_and_unknown_extension(tmp_path):
     assert exc.value.errors[0].field == "sep"
     summary = import_interactions(f, settings(tmp_path), user_col="u", item_col="i", sep=";")
     assert summary.events == 1
+
+
+def test_ids_that_look_like_missing_values_are_kept(tmp_path):
+    f = write(tmp_path, "f.csv", "u,i\nNA,null\nNaN,N/A\n")
+    s = settings(tmp_path)
+    assert import_interactions(f, s, user_col="u", item_col="i").events == 2
+    assert sorted(Catalog.load(s.data_dir).ids) == ["N/A", "null"]
+    assert sorted(load_users(s.data_dir).column("user_id").to_pylist()) == ["NA", "NaN"]

@@ -147,7 +147,8 @@ def read_delimited(path: Path, *, delimiter: str, column_names: Sequence[str] | 
     wanted = list(include) if include else names
     copts = pacsv.ConvertOptions(column_types={c: pa.string() for c in wanted},
                                  include_columns=wanted, strings_can_be_null=True,
-                                 quoted_strings_can_be_null=False)
+                                 # only an empty cell is missing: "NA" or "null" can be an id
+                                 null_values=[""], quoted_strings_can_be_null=False)
     try:
         table = pacsv.read_csv(path, read_options=ropts, parse_options=popts, convert_options=copts)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
