@@ -122,8 +122,12 @@ def scans(lake, day: dt.date, repeat: int) -> dict:
         "duckdb_count": lambda: duckdb.sql(q).fetchall(),
     }
     res = {"files": len(lake.files())}
-    for key, fn in runs.items():
-        res[key], res[key + "_cpu"], res[key + "_rows"] = timed(fn, repeat)
+    # interleaved rounds, so page-cache writeback or allocator warm-up does not land on one row
+    rounds = [{key: timed(fn, 1) for key, fn in runs.items()} for _ in range(repeat)]
+    for key in runs:
+        res[key] = statistics.median(r[key][0] for r in rounds)
+        res[key + "_cpu"] = statistics.median(r[key][1] for r in rounds)
+        res[key + "_rows"] = rounds[-1][key][2]
     return res
 
 
