@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from reelrec.errors import InvalidInput, NotFound, ReelrecError
@@ -42,7 +43,8 @@ def settings_for(data: Optional[Path]):
 
 
 def fail(exc: ReelrecError) -> None:
-    err_console.print(f"[red]error:[/red] {exc}")
+    # messages quote user data ("f.csv:stars: ..."): no markup or :emoji: codes inside them
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}", emoji=False)
     raise typer.Exit(2)
 
 
@@ -561,10 +563,10 @@ def main() -> None:
     try:
         app()
     except InvalidInput as exc:
-        err_console.print(f"[red]invalid input:[/red] {exc}")
+        err_console.print(f"[red]invalid input:[/red] {escape(str(exc))}", emoji=False)
         sys.exit(2)
     except ReelrecError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", emoji=False)
         sys.exit(2)
 
 
