@@ -26,7 +26,7 @@ from reelrec.recommender import Recommender  # noqa: E402
 
 def small_config(**kw) -> PipelineConfig:
     base = dict(als=ALSParams(factors=8, regularization=0.5, alpha=2.0, iterations=10), tune=False,
-                ranker=RankerParams(rounds=30, min_data_in_leaf=5), clusters=2)
+                ranker=RankerParams(rounds=30, min_data_in_leaf=5, windows=1), clusters=2)
     base.update(kw)
     return PipelineConfig(**base)
 

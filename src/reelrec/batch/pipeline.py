@@ -19,7 +19,7 @@ baseline and reelrec's ALS are the same code.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,7 @@ from reelrec.recall.ann import ANNConfig, ANNIndex
 from reelrec.recall.candidates import (DEFAULT_QUOTAS, Artifacts, Candidates, UserState, dense_scores,
                                        exclusion_block, merge, run_sources)
 from reelrec.recall.covisit import EASE_MAX_TITLES, covisitation, ease
-from reelrec.recall.popular import compute_stats
+from reelrec.recall.popular import compute_stats, seconds
 from reelrec.recommender import TrainData
 
 log = get_logger(__name__)
@@ -77,7 +77,7 @@ def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray
     ev = events.filter(pc.less(events.column("ts"), pa.scalar(ref, events.schema.field("ts").type)))
     row = index_of(ev.column("user_id"), pa.array(list(user_ids), pa.string()))
     ok = row >= 0
-    t = pc.cast(ev.column("ts"), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) / 1000.0
+    t = seconds(ev.column("ts"))
     age_days = (ref.timestamp() - t) / 86400.0
 
     dev = index_of(ev.column("device"), pa.array(list(DEVICES), pa.string()))
@@ -372,12 +372,27 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
         report["ease"] = {"lambda": ease_lambda, "window_ndcg@10": round(best_e, 5),
                           "trials": [{"lambda": l, "ndcg@10": round(s, 5)} for s, l in res]}
 
-    # the ranker: stage 1 on the feature window, features for users with labels
-    s1 = fit_stage1(w.matrix.positives, w.ts, w.matrix.negatives, w.matrix.finished, w.events, data.catalog,
-                    m.user_ids, data.users, w.ref, cfg, als_params, ease_lambda, progress, best_model)
-    pipe_w = Pipeline(s1.art, None, cfg, s1.users, s1.user_ids)
-    with progress.step("ranker features", int((np.diff(labels.indptr) > 0).sum())) as adv:
-        x, y, groups, names, hit, total = ranker_dataset(pipe_w, labels, adv)
+    # the ranker: stage 1 on each feature window, features for users with labels. A random split
+    # draws several windows (different held-out slices) so LambdaRank sees more groups; a temporal
+    # split has one.
+    windows = 1 if data.cutoff is not None else max(1, cfg.ranker.windows)
+    xs, ys, gs = [], [], []
+    hit = total = 0
+    names: list[str] = []
+    for wi in range(windows):
+        if wi > 0:
+            with progress.step("label window"):
+                w = label_window(data.events, m, data.catalog, None,
+                                 replace(cfg.ranker, seed=cfg.ranker.seed + wi))
+            best_model = None
+        s1 = fit_stage1(w.matrix.positives, w.ts, w.matrix.negatives, w.matrix.finished, w.events, data.catalog,
+                        m.user_ids, data.users, w.ref, cfg, als_params, ease_lambda, progress, best_model)
+        pipe_w = Pipeline(s1.art, None, cfg, s1.users, s1.user_ids)
+        with progress.step("ranker features", int((np.diff(w.labels.indptr) > 0).sum())) as adv:
+            x, y, g, names, h, t_ = ranker_dataset(pipe_w, w.labels, adv)
+        xs.append(x), ys.append(y), gs.append(g)
+        hit, total = hit + h, total + t_
+    x, y, groups = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
     report["candidates_recall"] = round(hit / max(total, 1), 5)
     ranker = None
     if len(groups):
@@ -390,12 +405,12 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
 
     # serving: stage 1 again on all the training data
     ts = aligned_ts(data.events, data.catalog, m)
-    t = pc.cast(data.events.column("ts"), pa.int64()).to_numpy(zero_copy_only=False)
-    ref = data.cutoff or dt.datetime.fromtimestamp(float(t.max()) / 1000.0 + 1.0, tz=UTC)
+    t = seconds(data.events.column("ts"))
+    ref = data.cutoff or dt.datetime.fromtimestamp(float(t.max()) + 1.0, tz=UTC)
     s_full = fit_stage1(m.positives, ts, m.negatives, m.finished, data.events, data.catalog, m.user_ids,
                         data.users, ref, cfg, als_params, ease_lambda, progress)
-    report["data"] = {"start": dt.datetime.fromtimestamp(float(t.min()) / 1000.0, tz=UTC).isoformat(),
-                      "end": dt.datetime.fromtimestamp(float(t.max()) / 1000.0, tz=UTC).isoformat(),
+    report["data"] = {"start": dt.datetime.fromtimestamp(float(t.min()), tz=UTC).isoformat(),
+                      "end": dt.datetime.fromtimestamp(float(t.max()), tz=UTC).isoformat(),
                       "events": int(data.events.num_rows)}
     return Pipeline(s_full.art, ranker, cfg, s_full.users, s_full.user_ids), report
 
