@@ -104,6 +104,10 @@ def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray
     return {"device": device, "hour": hours, "search_genres": search, "events_week": np.log1p(week)}
 
 
+def pd_isnull(a: np.ndarray) -> np.ndarray:
+    return pc.is_null(pa.array(list(a), pa.string())).to_numpy(zero_copy_only=False)
+
+
 def user_regions(user_ids: np.ndarray, users: pa.Table | None, events: pa.Table) -> np.ndarray:
     """Each user's region: the users table, else the latest region on their events."""
     out = np.full(len(user_ids), None, dtype=object)
@@ -114,13 +118,13 @@ def user_regions(user_ids: np.ndarray, users: pa.Table | None, events: pa.Table)
         pos[idx[idx >= 0]] = np.flatnonzero(idx >= 0)
         has = pos >= 0
         out[has] = reg[pos[has]]
-    if "region" in events.column_names and events.num_rows:
+    missing = pd_isnull(out)
+    if missing.any() and "region" in events.column_names and events.num_rows:
         ev = events.filter(pc.is_valid(events.column("region")))
         if ev.num_rows:
-            last = ev.group_by("user_id").aggregate([("region", "last")])
+            last = ev.group_by("user_id", use_threads=False).aggregate([("region", "last")])
             idx = index_of(last.column("user_id"), pa.array(list(user_ids), pa.string()))
             reg = last.column("region_last").to_numpy(zero_copy_only=False)
-            missing = np.array([r is None for r in out])
             sel = idx >= 0
             fill = np.full(len(user_ids), None, dtype=object)
             fill[idx[sel]] = reg[sel]
@@ -224,7 +228,7 @@ class Pipeline:
             return np.full((b, k), -1, np.int64), np.full((b, k), -np.inf, np.float32)
         x = self.features(state, cands, dense)
         if self.ranker is not None:
-            s = self.ranker.predict(x.reshape(b * c, -1), num_threads=2).reshape(b, c)
+            s = self.ranker.predict(x.reshape(b * c, -1), num_threads=self.cfg.ranker.threads).reshape(b, c)
         else:  # no ranker yet: order by best source placement
             s = -np.nan_to_num(x[:, :, feature_names(cands.sources).index("best_rank")], nan=1e9)
         s = np.where(cands.valid, s, -np.inf).astype(np.float32)
@@ -295,11 +299,14 @@ def _window_matrix_exclude(w: Window) -> sp.csr_matrix:
     return sp.csr_matrix(((m.positives + m.negatives + m.finished) > 0).astype(np.float32))
 
 
-def ranker_dataset(pipe: Pipeline, labels: sp.csr_matrix, advance=None):
-    """Candidates and features of every user with labels, labelled: (x, y, group sizes, feature
-    names, labels found among the candidates, labels in all)."""
+def ranker_dataset(pipe: Pipeline, labels: sp.csr_matrix, advance=None, max_users: int | None = None,
+                   seed: int = 42):
+    """Candidates and features of users with labels (at most ``max_users``, sampled), labelled:
+    (x, y, group sizes, feature names, labels found among the candidates, labels in all)."""
     from reelrec.recall.ann import is_member
     rows = np.flatnonzero(np.diff(labels.indptr) > 0)
+    if max_users and len(rows) > max_users:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_users, replace=False))
     xs, ys, groups = [], [], []
     names: list[str] = []
     hit, total = 0, int(labels[rows].nnz)
@@ -388,8 +395,10 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
         s1 = fit_stage1(w.matrix.positives, w.ts, w.matrix.negatives, w.matrix.finished, w.events, data.catalog,
                         m.user_ids, data.users, w.ref, cfg, als_params, ease_lambda, progress, best_model)
         pipe_w = Pipeline(s1.art, None, cfg, s1.users, s1.user_ids)
-        with progress.step("ranker features", int((np.diff(w.labels.indptr) > 0).sum())) as adv:
-            x, y, g, names, h, t_ = ranker_dataset(pipe_w, w.labels, adv)
+        n_users = min(int((np.diff(w.labels.indptr) > 0).sum()), cfg.ranker.max_users)
+        with progress.step("ranker features", n_users) as adv:
+            x, y, g, names, h, t_ = ranker_dataset(pipe_w, w.labels, adv, cfg.ranker.max_users,
+                                                   cfg.ranker.seed + wi)
         xs.append(x), ys.append(y), gs.append(g)
         hit, total = hit + h, total + t_
     x, y, groups = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)

@@ -42,9 +42,13 @@ class RankerParams:
     seed: int = 42
     label_frac: float = 0.2  # share of each user's positives held out as labels (random splits)
     windows: int = 3  # label windows drawn on random splits (each refits stage 1)
+    max_users: int = 20_000  # users (LambdaRank groups) sampled per window, to bound the fit
     # LightGBM's listwise objectives: "rank_xendcg" measured better than "lambdarank" on
     # MovieLens-100K (0.4805 vs 0.4733 NDCG@10 with early stopping); both stay available
     objective: str = "rank_xendcg"
+    # one thread: on a shared 2-core machine LightGBM's two OpenMP threads spin against other
+    # processes and ran 5x slower than one (measured, docs/benchmarks.md)
+    threads: int = 1
 
 
 @dataclass
@@ -140,7 +144,7 @@ def train_ranker(x: np.ndarray, y: np.ndarray, group_sizes: np.ndarray, names: l
         "learning_rate": params.learning_rate, "num_leaves": params.num_leaves,
         "min_data_in_leaf": params.min_data_in_leaf, "feature_fraction": params.feature_fraction,
         "lambdarank_truncation_level": 20, "seed": params.seed, "verbosity": -1,
-        "num_threads": 2, "deterministic": True, "force_row_wise": True,
+        "num_threads": params.threads, "deterministic": True, "force_row_wise": True,
     }
     dtrain = lgb.Dataset(x[~row_valid], y[~row_valid], group=group_sizes[~valid], feature_name=names,
                          free_raw_data=True)

@@ -27,7 +27,7 @@ class ANNConfig:
     exact_max: int = EXACT_MAX
     hnsw_m: int = 32
     ef_construction: int = 100
-    ef_search: int = 256
+    ef_search: int = 1024  # recall@100 >= 0.95 at 100 K titles (benchmarks/bench_train.py)
 
 
 class ANNIndex:
