@@ -19,7 +19,7 @@ baseline and reelrec's ALS are the same code.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,7 @@ from reelrec.recall.ann import ANNConfig, ANNIndex
 from reelrec.recall.candidates import (DEFAULT_QUOTAS, Artifacts, Candidates, UserState, dense_scores,
                                        exclusion_block, merge, run_sources)
 from reelrec.recall.covisit import EASE_MAX_TITLES, covisitation, ease
-from reelrec.recall.popular import compute_stats
+from reelrec.recall.popular import compute_stats, seconds
 from reelrec.recommender import TrainData
 
 log = get_logger(__name__)
@@ -77,7 +77,7 @@ def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray
     ev = events.filter(pc.less(events.column("ts"), pa.scalar(ref, events.schema.field("ts").type)))
     row = index_of(ev.column("user_id"), pa.array(list(user_ids), pa.string()))
     ok = row >= 0
-    t = pc.cast(ev.column("ts"), pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) / 1000.0
+    t = seconds(ev.column("ts"))
     age_days = (ref.timestamp() - t) / 86400.0
 
     dev = index_of(ev.column("device"), pa.array(list(DEVICES), pa.string()))
@@ -104,6 +104,10 @@ def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray
     return {"device": device, "hour": hours, "search_genres": search, "events_week": np.log1p(week)}
 
 
+def pd_isnull(a: np.ndarray) -> np.ndarray:
+    return pc.is_null(pa.array(list(a), pa.string())).to_numpy(zero_copy_only=False)
+
+
 def user_regions(user_ids: np.ndarray, users: pa.Table | None, events: pa.Table) -> np.ndarray:
     """Each user's region: the users table, else the latest region on their events."""
     out = np.full(len(user_ids), None, dtype=object)
@@ -114,13 +118,13 @@ def user_regions(user_ids: np.ndarray, users: pa.Table | None, events: pa.Table)
         pos[idx[idx >= 0]] = np.flatnonzero(idx >= 0)
         has = pos >= 0
         out[has] = reg[pos[has]]
-    if "region" in events.column_names and events.num_rows:
+    missing = pd_isnull(out)
+    if missing.any() and "region" in events.column_names and events.num_rows:
         ev = events.filter(pc.is_valid(events.column("region")))
         if ev.num_rows:
             last = ev.group_by("user_id", use_threads=False).aggregate([("region", "last")])
             idx = index_of(last.column("user_id"), pa.array(list(user_ids), pa.string()))
             reg = last.column("region_last").to_numpy(zero_copy_only=False)
-            missing = np.array([r is None for r in out])
             sel = idx >= 0
             fill = np.full(len(user_ids), None, dtype=object)
             fill[idx[sel]] = reg[sel]
@@ -226,7 +230,7 @@ class Pipeline:
             return out + (np.full((b, k), "", dtype=object),) if with_sources else out
         x = self.features(state, cands, dense)
         if self.ranker is not None:
-            s = self.ranker.predict(x.reshape(b * c, -1), num_threads=2).reshape(b, c)
+            s = self.ranker.predict(x.reshape(b * c, -1), num_threads=self.cfg.ranker.threads).reshape(b, c)
         else:  # no ranker yet: order by best source placement
             s = -np.nan_to_num(x[:, :, feature_names(cands.sources).index("best_rank")], nan=1e9)
         s = np.where(cands.valid, s, -np.inf).astype(np.float32)
@@ -304,11 +308,14 @@ def _window_matrix_exclude(w: Window) -> sp.csr_matrix:
     return sp.csr_matrix(((m.positives + m.negatives + m.finished) > 0).astype(np.float32))
 
 
-def ranker_dataset(pipe: Pipeline, labels: sp.csr_matrix, advance=None):
-    """Candidates and features of every user with labels, labelled: (x, y, group sizes, feature
-    names, labels found among the candidates, labels in all)."""
+def ranker_dataset(pipe: Pipeline, labels: sp.csr_matrix, advance=None, max_users: int | None = None,
+                   seed: int = 42):
+    """Candidates and features of users with labels (at most ``max_users``, sampled), labelled:
+    (x, y, group sizes, feature names, labels found among the candidates, labels in all)."""
     from reelrec.recall.ann import is_member
     rows = np.flatnonzero(np.diff(labels.indptr) > 0)
+    if max_users and len(rows) > max_users:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_users, replace=False))
     xs, ys, groups = [], [], []
     names: list[str] = []
     hit, total = 0, int(labels[rows].nnz)
@@ -381,12 +388,29 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
         report["ease"] = {"lambda": ease_lambda, "window_ndcg@10": round(best_e, 5),
                           "trials": [{"lambda": l, "ndcg@10": round(s, 5)} for s, l in res]}
 
-    # the ranker: stage 1 on the feature window, features for users with labels
-    s1 = fit_stage1(w.matrix.positives, w.ts, w.matrix.negatives, w.matrix.finished, w.events, data.catalog,
-                    m.user_ids, data.users, w.ref, cfg, als_params, ease_lambda, progress, best_model)
-    pipe_w = Pipeline(s1.art, None, cfg, s1.users, s1.user_ids)
-    with progress.step("ranker features", int((np.diff(labels.indptr) > 0).sum())) as adv:
-        x, y, groups, names, hit, total = ranker_dataset(pipe_w, labels, adv)
+    # the ranker: stage 1 on each feature window, features for users with labels. A random split
+    # draws several windows (different held-out slices) so LambdaRank sees more groups; a temporal
+    # split has one.
+    windows = 1 if data.cutoff is not None else max(1, cfg.ranker.windows)
+    xs, ys, gs = [], [], []
+    hit = total = 0
+    names: list[str] = []
+    for wi in range(windows):
+        if wi > 0:
+            with progress.step("label window"):
+                w = label_window(data.events, m, data.catalog, None,
+                                 replace(cfg.ranker, seed=cfg.ranker.seed + wi))
+            best_model = None
+        s1 = fit_stage1(w.matrix.positives, w.ts, w.matrix.negatives, w.matrix.finished, w.events, data.catalog,
+                        m.user_ids, data.users, w.ref, cfg, als_params, ease_lambda, progress, best_model)
+        pipe_w = Pipeline(s1.art, None, cfg, s1.users, s1.user_ids)
+        n_users = min(int((np.diff(w.labels.indptr) > 0).sum()), cfg.ranker.max_users)
+        with progress.step("ranker features", n_users) as adv:
+            x, y, g, names, h, t_ = ranker_dataset(pipe_w, w.labels, adv, cfg.ranker.max_users,
+                                                   cfg.ranker.seed + wi)
+        xs.append(x), ys.append(y), gs.append(g)
+        hit, total = hit + h, total + t_
+    x, y, groups = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
     report["candidates_recall"] = round(hit / max(total, 1), 5)
     ranker = None
     if len(groups):
@@ -399,12 +423,12 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
 
     # serving: stage 1 again on all the training data
     ts = aligned_ts(data.events, data.catalog, m)
-    t = pc.cast(data.events.column("ts"), pa.int64()).to_numpy(zero_copy_only=False)
-    ref = data.cutoff or dt.datetime.fromtimestamp(float(t.max()) / 1000.0 + 1.0, tz=UTC)
+    t = seconds(data.events.column("ts"))
+    ref = data.cutoff or dt.datetime.fromtimestamp(float(t.max()) + 1.0, tz=UTC)
     s_full = fit_stage1(m.positives, ts, m.negatives, m.finished, data.events, data.catalog, m.user_ids,
                         data.users, ref, cfg, als_params, ease_lambda, progress)
-    report["data"] = {"start": dt.datetime.fromtimestamp(float(t.min()) / 1000.0, tz=UTC).isoformat(),
-                      "end": dt.datetime.fromtimestamp(float(t.max()) / 1000.0, tz=UTC).isoformat(),
+    report["data"] = {"start": dt.datetime.fromtimestamp(float(t.min()), tz=UTC).isoformat(),
+                      "end": dt.datetime.fromtimestamp(float(t.max()), tz=UTC).isoformat(),
                       "events": int(data.events.num_rows)}
     return Pipeline(s_full.art, ranker, cfg, s_full.users, s_full.user_ids), report
 

@@ -1,7 +1,10 @@
 """The ANN source of recall: maximum inner product search over title vectors (FAISS).
 
 Exact ``IndexFlatIP`` up to ``exact_max`` titles (a brute-force product is cheap there); above it
-an HNSW graph with inner-product metric, whose recall@100 against the exact index is measured in
+an HNSW graph. Graph search is much better at L2 than at inner product, so the HNSW index holds
+the titles with one extra coordinate sqrt(M^2 - |v|^2) (M the largest norm) and queries get a 0
+there: the nearest by L2 is then exactly the largest inner product (Bachrach et al. 2014), and the
+score is recovered from the distance. Its recall@100 against the exact index is measured in
 benchmarks/bench_train.py (docs/benchmarks.md). Titles excluded for a user are removed after the
 search, so the index is shared by every user; the search asks for extra neighbours to make room.
 """
@@ -24,14 +27,14 @@ class ANNConfig:
     exact_max: int = EXACT_MAX
     hnsw_m: int = 32
     ef_construction: int = 100
-    ef_search: int = 256
+    ef_search: int = 1024  # recall@100 >= 0.95 at 100 K titles (benchmarks/bench_train.py)
 
 
 class ANNIndex:
     """FAISS inner-product index over float32 title vectors (row = title column)."""
 
-    def __init__(self, index, kind: str, cfg: ANNConfig):
-        self.index, self.kind, self.cfg = index, kind, cfg
+    def __init__(self, index, kind: str, cfg: ANNConfig, max_norm: float = 0.0):
+        self.index, self.kind, self.cfg, self.max_norm = index, kind, cfg, max_norm
 
     @classmethod
     def build(cls, vectors: np.ndarray, cfg: ANNConfig | None = None, force: str | None = None) -> "ANNIndex":
@@ -41,16 +44,20 @@ class ANNIndex:
         if v.ndim != 2 or v.shape[0] == 0:
             raise InvalidInput("title vectors must be a non-empty 2-D array", field="vectors")
         kind = force or ("flat" if v.shape[0] <= cfg.exact_max else "hnsw")
+        max_norm = 0.0
         if kind == "flat":
             index = faiss.IndexFlatIP(v.shape[1])
         elif kind == "hnsw":
-            index = faiss.IndexHNSWFlat(v.shape[1], cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            norms = np.einsum("ij,ij->i", v, v)
+            max_norm = float(norms.max())
+            v = np.hstack([v, np.sqrt(np.maximum(max_norm - norms, 0.0))[:, None]]).astype(np.float32)
+            index = faiss.IndexHNSWFlat(v.shape[1], cfg.hnsw_m)
             index.hnsw.efConstruction = cfg.ef_construction
             index.hnsw.efSearch = cfg.ef_search
         else:
             raise InvalidInput(f"unknown index kind {kind!r} (flat or hnsw)", field="kind")
         index.add(v)
-        return cls(index, kind, cfg)
+        return cls(index, kind, cfg, max_norm)
 
     @property
     def size(self) -> int:
@@ -72,7 +79,13 @@ class ANNIndex:
         kk = min(n, k + (extra or 0))
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = max(self.cfg.ef_search, kk)
-        scores, cols = self.index.search(q, kk)
+            qa = np.hstack([q, np.zeros((len(q), 1), np.float32)])
+            dist, cols = self.index.search(qa, kk)
+            # |q - v'|^2 = |q|^2 + M^2 - 2 q.v  ->  q.v
+            scores = (np.einsum("ij,ij->i", q, q)[:, None] + self.max_norm - dist) / 2.0
+            scores = np.where(cols >= 0, scores, -np.inf).astype(np.float32)
+        else:
+            scores, cols = self.index.search(q, kk)
         cols = cols.astype(np.int64)
         if exclude is not None and exclude.nnz:
             bad = is_member(exclude, np.repeat(np.arange(len(q)), kk), np.maximum(cols.ravel(), 0))
@@ -97,8 +110,14 @@ class ANNIndex:
     def load(cls, path: Path, cfg: ANNConfig | None = None) -> "ANNIndex":
         import faiss
         index = faiss.read_index(str(path))
-        kind = "hnsw" if isinstance(index, faiss.IndexHNSW) or "HNSW" in type(index).__name__ else "flat"
-        return cls(index, kind, cfg or ANNConfig())
+        if "HNSW" not in type(index).__name__:
+            return cls(index, "flat", cfg or ANNConfig())
+        # the largest norm is where every title's extra coordinate is zero: the max over titles of
+        # |v'|^2, read back from the stored vectors
+        stored = faiss.rev_swig_ptr(faiss.downcast_index(index.storage).get_xb(), index.ntotal * index.d)
+        stored = np.asarray(stored).reshape(index.ntotal, index.d)
+        max_norm = float(np.einsum("ij,ij->i", stored, stored).max())
+        return cls(index, "hnsw", cfg or ANNConfig(), max_norm)
 
 
 def is_member(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -44,29 +44,41 @@ def prune_rows(m: sp.csr_matrix, top: int) -> sp.csr_matrix:
 
 
 def covisitation(positives: sp.csr_matrix, ts_s: sp.csr_matrix | None = None, ref_s: float | None = None,
-                 half_life_days: float = 30.0, top: int = 200, shrink: float = 10.0) -> sp.csr_matrix:
+                 half_life_days: float = 30.0, top: int = 200, shrink: float = 10.0,
+                 per_user: int = 50, block: int = 2048) -> sp.csr_matrix:
     """Titles x titles co-visitation scores (float32, sparse, diagonal zero, rows pruned).
 
     ``ts_s`` holds each positive's time in seconds (aligned with ``positives``); without it
     there is no time decay. Score(i, j) = sum_u d_ui d_uj / (sqrt(n_i n_j) + shrink), with d the
-    decayed indicator and n the decayed title counts.
+    decayed indicator and n the decayed title counts. Only each user's ``per_user`` most recent
+    positives pair up (a heavy user's whole history would add n^2 pairs), and the product is
+    taken ``block`` titles at a time and pruned at once, so memory stays near the result's size.
     """
     x = sp.csr_matrix(positives, dtype=np.float64)
     x.sort_indices()
     x.data[:] = 1.0
-    if ts_s is not None and ref_s is not None:
+    t = None
+    if ts_s is not None:
         t = sp.csr_matrix(ts_s, dtype=np.float64)
         t.sort_indices()
         if t.nnz != x.nnz:
             raise InvalidInput("timestamps are not aligned with the positives", field="ts")
-        x.data = decay_weights(t.data, ref_s, half_life_days)
-    c = (x.T @ x).tocsr()
-    c.setdiag(0.0)
-    c.eliminate_zeros()
+        if ref_s is not None:
+            x.data = decay_weights(t.data, ref_s, half_life_days)
+    if np.diff(x.indptr).max(initial=0) > per_user:
+        recent = recent_seeds(positives, t, n_seeds=per_user)
+        x = x.multiply(recent > 0).tocsr()
     n = np.asarray(x.sum(axis=0)).ravel()
-    c = c.tocoo()
-    c.data = c.data / (np.sqrt(n[c.row] * n[c.col]) + shrink)
-    return prune_rows(c.tocsr(), top).astype(np.float32)
+    xt = x.T.tocsr()
+    parts = []
+    for lo in range(0, x.shape[1], block):
+        c = (xt[lo: lo + block] @ x).tocoo()
+        keep = c.row + lo != c.col
+        r, col, d = c.row[keep], c.col[keep], c.data[keep]
+        d = d / (np.sqrt(n[r + lo] * n[col]) + shrink)
+        parts.append(prune_rows(sp.csr_matrix((d, (r, col)), shape=c.shape), top))
+    out = sp.vstack(parts).tocsr() if parts else sp.csr_matrix(x.shape[1:] * 2)
+    return out.astype(np.float32)
 
 
 def recent_seeds(positives: sp.csr_matrix, ts_s: sp.csr_matrix | None, n_seeds: int = 20,

@@ -79,8 +79,10 @@ class TitleStats:
         return np.array([lookup.get((r or "").upper(), -1) for r in regions], dtype=np.int64)
 
 
-def _ts_seconds(col) -> np.ndarray:
-    return pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) / 1000.0
+def seconds(col) -> np.ndarray:
+    """Epoch seconds (float64) of a timestamp column of any unit (the lake writes ms, DuckDB us)."""
+    us = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
+    return us.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
 
 
 def title_attributes(catalog_table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
@@ -113,7 +115,7 @@ def compute_stats(events: pa.Table, catalog_table: pa.Table, user_ids: np.ndarra
     cols = index_of(ev.column("title_id"), catalog_table.column("title_id"))
     urow = index_of(ev.column("user_id"), pa.array(list(user_ids), pa.string()))
     ok = cols >= 0
-    ts = _ts_seconds(ev.column("ts"))
+    ts = seconds(ev.column("ts"))
     types = ev.column("type").to_numpy(zero_copy_only=False)
     ev_reg = pc.utf8_upper(ev.column("region")) if "region" in ev.column_names \
         else pa.nulls(ev.num_rows, pa.string())

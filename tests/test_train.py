@@ -1,0 +1,200 @@
+"""Training: ALS and its fold-in, content vectors, tuning, model versions, the train CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).parent))
+import batch_world  # noqa: E402
+
+from reelrec.batch.pipeline import PipelineConfig, RankerRecommender, ALSRecommender  # noqa: E402
+from reelrec.batch.train import load_model, train  # noqa: E402
+from reelrec.batch.versions import ModelStore  # noqa: E402
+from reelrec.config import load_settings  # noqa: E402
+from reelrec.errors import Conflict, InvalidInput, NotFound  # noqa: E402
+from reelrec.rank.ranker import RankerParams  # noqa: E402
+from reelrec.recall.als import (ALSParams, content_vectors, fit_als, fold_in, holdout_random,  # noqa: E402
+                                recommend_als, tune_als)
+from reelrec.recommender import Recommender  # noqa: E402
+
+
+def small_config(**kw) -> PipelineConfig:
+    base = dict(als=ALSParams(factors=8, regularization=0.5, alpha=2.0, iterations=10), tune=False,
+                ranker=RankerParams(rounds=30, min_data_in_leaf=5, windows=1), clusters=2)
+    base.update(kw)
+    return PipelineConfig(**base)
+
+
+def checkerboard(groups: int = 6, size: int = 5, users_per: int = 8) -> sp.csr_matrix:
+    rows, cols = [], []
+    for g in range(groups):
+        for u in range(users_per):
+            for t in range(size):
+                rows.append(g * users_per + u)
+                cols.append(g * size + t)
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(groups * users_per, groups * size))
+    return m
+
+
+def test_checkerboard_heldout_title_comes_first():
+    m = checkerboard().tolil()
+    m[0, 2] = 0  # user 0 (group 0) has not seen title 2 of their block
+    m = m.tocsr()
+    m.eliminate_zeros()
+    model = fit_als(m, ALSParams(factors=8, regularization=0.1, alpha=5.0, iterations=20))
+    recs = recommend_als(model, np.array([0]), m, 3)
+    assert recs[0, 0] == 2
+    assert model.user_factors.dtype == np.float32 and model.item_factors.dtype == np.float32
+
+
+def test_fold_in_matches_implicit_recalculate_user():
+    from implicit.cpu.als import AlternatingLeastSquares
+    rng = np.random.default_rng(1)
+    m = sp.random(30, 20, density=0.3, random_state=2, format="csr", dtype=np.float32)
+    m.data = rng.uniform(1, 5, m.nnz).astype(np.float32)
+    p = ALSParams(factors=6, regularization=0.3, alpha=2.0, iterations=5)
+    model = AlternatingLeastSquares(factors=6, regularization=0.3, alpha=2.0, iterations=5, random_state=0)
+    model.fit(m, show_progress=False)
+    ours = fold_in(model.item_factors, m[[3, 7]], p)
+    theirs = model.recalculate_user([3, 7], m[[3, 7]])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+
+
+def test_content_vectors_mean_of_titles_sharing_attributes():
+    f = np.array([[1, 0], [3, 0], [0, 2], [0, 0], [0, 0]], dtype=np.float32)
+    trained = np.array([True, True, True, False, False])
+    # attributes: 0 = drama (titles 0, 1, 3), 1 = comedy (title 2), 2 = unseen genre (title 4)
+    a = sp.csr_matrix(np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float32))
+    out = content_vectors(f, trained, a)
+    np.testing.assert_allclose(out[3], [2, 0])
+    np.testing.assert_allclose(out[4], f[:3].mean(axis=0))  # nothing shared: the mean of all
+    np.testing.assert_array_equal(out[:3], f[:3])
+
+
+def test_holdout_random_keeps_a_quarter_per_user():
+    m = checkerboard(groups=2, size=8, users_per=3)
+    keep, held = holdout_random(m, 0.25, seed=3)
+    assert (np.diff(held.indptr) == 2).all()
+    assert keep.multiply(held).nnz == 0
+    assert (keep + held - m).nnz == 0
+
+
+def test_tune_als_records_every_trial_and_picks_the_best():
+    m = checkerboard(groups=4, size=6, users_per=10)
+    best, trials = tune_als(m, ALSParams(factors=4, iterations=5),
+                            {"regularization": (0.1, 100.0), "alpha": (1.0,), "iterations": (5,)})
+    assert len(trials) == 2
+    top = max(trials, key=lambda t: t["ndcg@10"])
+    assert best.regularization == top["regularization"]
+
+
+def test_new_title_is_retrievable_before_retrain():
+    data = batch_world.train_data()
+    rec = RankerRecommender(small_config()).fit(data)
+    pipe = rec.pipeline
+    new = list(data.catalog.ids).index("t40")
+    assert pipe.art.content[new] and not pipe.art.content[0]
+    # a drama watcher's ANN candidates include the unwatched drama t40, a comedy watcher's do not
+    # 12 unwatched titles of their block, plus the new one: 13
+    cols, _ = pipe.art.ann.search(pipe.users.vectors[[0, 59]], 13, pipe.users.exclude[[0, 59]])
+    assert new in cols[0]
+    assert new not in cols[1]
+
+
+def test_recommenders_follow_the_protocol():
+    data = batch_world.train_data()
+    for rec in (RankerRecommender(small_config()), ALSRecommender(small_config().als, tune=False)):
+        assert isinstance(rec, Recommender)
+        out = rec.fit(data).recommend(np.array([0, 1, 40]), 5)
+        assert out.shape == (3, 5)
+        seen = data.matrix.positives[[0, 1, 40]].toarray() > 0
+        for i in range(3):
+            assert not seen[i, out[i][out[i] >= 0]].any()
+        # group A users get drama titles (t00-t19 or the new drama t40) on top
+        assert out[0, 0] < 20 or out[0, 0] == 40
+        assert 20 <= out[2, 0] < 40 or out[2, 0] == 41
+
+
+def _settings(tmp_path):
+    s = load_settings(data_dir=tmp_path)
+    from reelrec.domain.users import save_users
+    from reelrec.storage.lake import open_lake
+    batch_world.catalog().save(s.data_dir)
+    save_users(batch_world.users(), s.data_dir)
+    open_lake(s.lake).append(batch_world.events())
+    return s
+
+
+def test_version_round_trip_and_publish(tmp_path):
+    s = _settings(tmp_path)
+    res = train(s, small_config())
+    assert res.published
+    store = ModelStore(s.models_dir)
+    assert store.current() == res.version
+    m = res.manifest
+    assert m["counts"]["titles"] == 42 and m["counts"]["content_vectors"] == 2
+    assert m["data"]["start"] < m["data"]["end"] and m["code_version"]
+    assert set(m["files"]) >= {"arrays.npz", "ann.faiss", "covisit.npz", "ranker.txt"}
+    loaded = load_model(s)
+    fresh = load_model(s, res.version)
+    rows = np.arange(10)
+    np.testing.assert_array_equal(loaded.recommend_rows(rows, 5), fresh.recommend_rows(rows, 5))
+    [row] = store.list()
+    assert row["ok"] and row["current"]
+
+
+def test_corrupt_or_half_written_version_is_refused(tmp_path):
+    s = _settings(tmp_path)
+    res = train(s, small_config())
+    store = ModelStore(s.models_dir)
+    folder = store.path(res.version)
+    # a flipped byte in the arrays
+    arr = folder / "arrays.npz"
+    data = bytearray(arr.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    arr.write_bytes(bytes(data))
+    with pytest.raises(Conflict, match="checksum"):
+        load_model(s, res.version)
+    with pytest.raises(Conflict):
+        store.publish(res.version)
+    # a version without its manifest (a crash before the seal)
+    half = s.models_dir / "20990101T000000-aaaaaa"
+    half.mkdir()
+    (half / "arrays.npz").write_bytes(b"partial")
+    with pytest.raises(Conflict, match="manifest"):
+        load_model(s, half.name)
+    assert not store.list()[0]["ok"]
+    with pytest.raises(NotFound):
+        load_model(s, "no-such-version")
+    assert store.current() == res.version  # the pointer never moved to a bad version
+
+
+def test_train_and_models_list_cli(tmp_path):
+    from typer.testing import CliRunner
+    from reelrec.cli import app
+    _settings(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "--data", str(tmp_path), "--no-tune", "--factors", "8"])
+    assert r.exit_code == 0, r.output
+    assert "published" in r.output
+    r = runner.invoke(app, ["models", "list", "--data", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert len(rows) == 1 and rows[0]["current"] and rows[0]["ok"]
+
+
+def test_training_without_events_is_a_clear_error(tmp_path):
+    s = load_settings(data_dir=tmp_path)
+    batch_world.catalog().save(s.data_dir)
+    with pytest.raises(NotFound, match="no events"):
+        train(s, small_config())
+    data = batch_world.train_data()
+    data.matrix.positives = sp.csr_matrix(data.matrix.shape, dtype=np.float32)
+    with pytest.raises(InvalidInput, match="positive"):
+        RankerRecommender(small_config()).fit(data)
