@@ -247,6 +247,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         title = upsert_title(services, Title(title_id=title_id, **body.model_dump()))
         return TitleOut(**title.__dict__)
 
+    from reelrec.serve.web import install_web  # here, not at the top: web imports ``scoped``
+    install_web(app)
     return app
 
 
