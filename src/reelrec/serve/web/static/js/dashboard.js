@@ -27,6 +27,11 @@ function sparkline(values) {
   return svg;
 }
 
+function ms(v) {
+  if (v === null || v === undefined) return "–";
+  return `${fmt(v, v >= 100 ? 0 : v >= 10 ? 1 : 2)} ms`;
+}
+
 async function pollStats() {
   try {
     const s = await getJSON("/v1/ui/stats");
@@ -43,8 +48,8 @@ async function pollStats() {
       tile("Events accepted", fmt(s.events_accepted), `${fmt(s.events_rejected)} rejected`),
       tile("Speed-layer lag", lag === null || lag === undefined ? "–" : `${fmt(lag, 2)} s`, "age of the newest event applied"),
       tile("Cache hit ratio", s.cache_hit_ratio === null ? "–" : `${fmt(100 * s.cache_hit_ratio, 1)} %`, `${fmt(s.cache_reads)} homepage cache reads`),
-      tile("Homepage p50", s.homepage_p50_ms === null ? "–" : `${fmt(s.homepage_p50_ms, 2)} ms`, `${fmt(s.homepage_requests)} requests`),
-      tile("Homepage p99", s.homepage_p99_ms === null ? "–" : `${fmt(s.homepage_p99_ms, 2)} ms`, "from the latency histogram"),
+      tile("Homepage p50", ms(s.homepage_p50_ms), `${fmt(s.homepage_requests)} requests`),
+      tile("Homepage p99", ms(s.homepage_p99_ms), "from the latency histogram"),
       tile("Model version", s.model_version || "–", `${fmt(s.requests)} requests served`));
     $("live-at").textContent = `updated ${new Date(s.time * 1000).toLocaleTimeString()}`;
   } catch (err) {
@@ -73,19 +78,54 @@ function explain(err, what) {
   return `${what} unavailable: ${err.message}`;
 }
 
+// Model rows as the batch layer lists them (version, current, ok, created, counts, metrics);
+// nested objects become "counts.users"-style columns so any manifest shape still reads.
+function flatten(m) {
+  const row = {};
+  for (const [k, v] of Object.entries(m)) {
+    if (k === "files" || k === "data") continue;
+    if (v && typeof v === "object" && !Array.isArray(v)) {
+      for (const [k2, v2] of Object.entries(v)) if (typeof v2 !== "object" || v2 === null) row[`${k}.${k2}`] = v2;
+    } else row[k] = v;
+  }
+  if (typeof row.created === "string") row.created = row.created.replace("T", " ").slice(0, 19);
+  if ("current" in row) row.current = row.current ? "serving" : "";
+  return row;
+}
+
+function history(rows) {
+  // one small line per numeric metric, oldest version on the left
+  const ordered = [...rows].reverse();
+  const metrics = [...new Set(ordered.flatMap((r) => Object.keys(r).filter((k) => k.startsWith("metrics.") && typeof r[k] === "number")))];
+  if (ordered.length < 2 || !metrics.length) return "";
+  return el("div", { class: "cols" }, metrics.map((m) => {
+    const ys = ordered.map((r) => r[m]).filter((v) => typeof v === "number");
+    const lo = Math.min(...ys), hi = Math.max(...ys);
+    const pts = ys.map((v, i) => `${(i / Math.max(1, ys.length - 1)) * 100},${28 - ((v - lo) / Math.max(1e-9, hi - lo)) * 24}`).join(" ");
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", "0 0 100 32");
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", `${m} over ${ys.length} versions, from ${fmt(ys[0], 4)} to ${fmt(ys[ys.length - 1], 4)}`);
+    svg.innerHTML = `<polyline points="${pts}" fill="none" stroke="#5bd18b" stroke-width="1.5" vector-effect="non-scaling-stroke"/>`;
+    return tile(m.slice(8), fmt(ys[ys.length - 1], 4), `${ys.length} versions, min ${fmt(lo, 4)}, max ${fmt(hi, 4)}`, svg);
+  }));
+}
+
 async function loadModels() {
   try {
     const doc = await getJSON("/v1/admin/models");
     const list = Array.isArray(doc) ? doc : (doc.models || doc.versions || []);
-    const current = Array.isArray(doc) ? null : (doc.current || doc.published || doc.serving || null);
+    const serving = Array.isArray(doc) ? null : (doc.current || doc.published || doc.serving || null);
     if (!list.length) {
       $("models").replaceChildren(el("p", { class: "muted", text: "No model trained yet (`reelrec train`)." }));
       return;
     }
-    const rows = list.map((m) => (typeof m === "object" ? m : { version: m }));
+    const rows = list.map((m) => flatten(typeof m === "object" ? m : { version: m }));
+    const current = serving || (rows.find((r) => r.current === "serving") || {}).version;
     $("models").replaceChildren(
-      current ? el("p", {}, "Serving ", el("strong", { text: cell(current) })) : "",
-      table(rows));
+      current ? el("p", {}, "Serving ", el("strong", { text: cell(current) }), ` · ${rows.length} version${rows.length > 1 ? "s" : ""}`) : "",
+      table(rows), history(rows));
   } catch (err) {
     $("models").replaceChildren(el("p", { class: "muted", text: explain(err, "Model history") }));
   }

@@ -1,0 +1,157 @@
+"""The web interface: its JSON helpers on tiny data with known answers, then the pages in a real
+browser (Debian's Chromium under Playwright) against a real server over a small simulated world."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from reelrec.config import load_settings
+from reelrec.domain.catalog import Catalog, Title
+from reelrec.domain.users import USER_SCHEMA, save_users
+from reelrec.serve.api import create_app
+from reelrec.serve.web import histogram_quantile, parse_report, registry_stats
+
+UTC = dt.timezone.utc
+
+
+# --- JSON helpers on tiny data ------------------------------------------------------------------
+@pytest.fixture
+def tiny(tmp_path, small_catalog):
+    settings = load_settings(data_dir=tmp_path)
+    small_catalog.save(tmp_path)
+    users = pa.table({
+        "user_id": ["ann", "anna", "bob", "annette", "carl"],
+        "region": ["US", "IN", "IN", "IN", None],
+        "signup_device": ["tv", "mobile", "web", "tv", "tablet"],
+        "onboarding_genres": [["crime"], [], None, ["nature", "drama", "crime"], []],
+    })
+    full = pa.table({f.name: users.column(f.name) if f.name in users.column_names
+                     else pa.nulls(users.num_rows, f.type) for f in USER_SCHEMA}, schema=USER_SCHEMA)
+    save_users(full, tmp_path)
+    return settings, TestClient(create_app(settings))
+
+
+def test_pages_are_served_but_stay_out_of_the_schema(tiny):
+    _, client = tiny
+    for path, script in (("/", "home.js"), ("/onboarding", "onboarding.js"), ("/dashboard", "dashboard.js")):
+        r = client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert f'src="/static/js/{script}"' in r.text
+        assert client.get(f"/static/js/{script}").status_code == 200
+    assert client.get("/static/js/../../web.py").status_code == 404
+    paths = client.app.openapi()["paths"]
+    assert not {"/", "/onboarding", "/dashboard"} & set(paths)
+    ui = {p: ops for p, ops in paths.items() if p.startswith("/v1/ui/")}
+    assert len(ui) >= 5
+    assert all(op["x-scope"] == "read" for ops in ui.values() for op in ops.values())
+
+
+def test_user_search_by_prefix_and_region(tiny):
+    _, client = tiny
+    r = client.get("/v1/ui/users", params={"q": "ann"}).json()
+    assert [u["user_id"] for u in r["users"]] == ["ann", "anna", "annette"] and r["total"] == 3
+    r = client.get("/v1/ui/users", params={"q": "ann", "region": "in", "limit": 1}).json()
+    assert r["total"] == 2 and [u["user_id"] for u in r["users"]] == ["anna"]
+    assert r["regions"] == ["IN", "US"]
+    assert client.get("/v1/ui/users", params={"q": "zed"}).json()["total"] == 0
+    assert client.get("/v1/ui/users", params={"limit": 0}).status_code == 422
+
+
+def test_genres_are_counted_most_common_first(tiny):
+    _, client = tiny
+    got = client.get("/v1/ui/genres").json()["genres"]
+    assert got[0] == {"name": "crime", "titles": 2}
+    assert {g["name"]: g["titles"] for g in got} == {"crime": 2, "thriller": 1, "animation": 1, "family": 1,
+                                                      "drama": 1, "nature": 1}
+
+
+def test_catalog_stats(tiny):
+    settings, client = tiny
+    c = client.get("/v1/ui/catalog").json()
+    assert c["titles"] == 4 and c["by_kind"] == {"movie": 2, "documentary": 1, "series": 1}
+    assert c["available_everywhere"] == 3  # Up is limited to US and GB
+    assert c["median_runtime_min"] == 90.0  # films and documentaries: 120, 90, 60
+    assert c["users"] == 5 and c["users_onboarded"] == 2
+    assert c["users_by_region"] == {"IN": 3, "US": 1}
+    # an upserted title shows at once
+    client.put("/v1/titles/d2", json={"name": "Oceans", "kind": "documentary", "genres": ["nature"],
+                                      "runtime_min": 50})
+    assert client.get("/v1/ui/catalog").json()["by_kind"]["documentary"] == 2
+
+
+def test_histogram_quantile_interpolates_inside_buckets():
+    upper = np.array([1.0, 2.0, np.inf])
+    cum = np.array([10.0, 20.0, 20.0])
+    assert histogram_quantile(0.5, upper, cum) == pytest.approx(1.0)
+    assert histogram_quantile(0.75, upper, cum) == pytest.approx(1.5)
+    assert histogram_quantile(0.99, upper, np.array([0.0, 10.0, 30.0])) == 2.0  # +Inf: highest bound
+    assert histogram_quantile(0.5, upper, np.zeros(3)) is None
+
+
+def test_registry_stats_reads_the_api_metrics():
+    reg = CollectorRegistry()
+    lat = Histogram("reelrec_request_seconds", "", ["route", "method"], registry=reg,
+                    buckets=(0.001, 0.002, 0.005, 0.01))
+    events = Counter("reelrec_events_total", "", ["outcome"], registry=reg)
+    cache = Counter("reelrec_cache_reads_total", "", ["result"], registry=reg)
+    for v in [0.0005] * 50 + [0.0015] * 48 + [0.008] * 2:
+        lat.labels("/v1/users/{user_id}/homepage", "GET").observe(v)
+    lat.labels("/v1/events", "POST").observe(3.0)  # other routes do not count
+    events.labels("accepted").inc(7)
+    events.labels("rejected").inc(1)
+    cache.labels("hit").inc(3)
+    cache.labels("miss").inc(1)
+    s = registry_stats(reg)
+    assert s["homepage_requests"] == 100 and s["requests"] == 101
+    assert s["homepage_p50_ms"] == pytest.approx(1.0)
+    assert s["homepage_p99_ms"] == pytest.approx(5 + 5 * 0.5)  # 99th of 100 lies halfway in (5, 10] ms
+    assert s["events_accepted"] == 7 and s["events_rejected"] == 1
+    assert s["cache_hit_ratio"] == pytest.approx(0.75)
+
+
+def test_stats_count_events_posted_through_the_api(tiny, small_catalog):
+    _, client = tiny
+    now = dt.datetime.now(UTC).isoformat()
+    ok = {"event_id": "w1", "user_id": "ann", "title_id": "m1", "type": "play_start", "ts": now}
+    assert client.post("/v1/events", json=[ok, {**ok, "event_id": "w2", "type": "nope"}]).status_code == 202
+    s = client.get("/v1/ui/stats").json()
+    assert s["events_accepted"] == 1 and s["events_rejected"] == 1
+
+
+def _report_doc():
+    curves = {m: [0.1, 0.2, 0.3] for m in ("precision", "recall", "ndcg", "map")}
+    models = {"popularity": {"ndcg@3": 0.1234, "precision@3": 0.05, "diversity": 0.4, "curves": curves, "fit_s": 0.1},
+              "als": {"ndcg@3": 0.2345, "precision@3": 0.08, "diversity": 0.5, "curves": curves, "fit_s": 1.5}}
+    return {"dataset": "tiny", "protocol": "temporal", "k": 3, "seeds": [42], "models": models,
+            "split": {"train_interactions": 100, "test_users": 10, "relevant": 20}}
+
+
+def test_evaluation_reports_under_the_data_dir(tiny):
+    from reelrec.eval.report import write_report
+    settings, client = tiny
+    write_report(_report_doc(), settings.data_dir / "reports" / "tiny-temporal")
+    got = client.get("/v1/ui/reports").json()["reports"]
+    assert [r["id"] for r in got] == ["reports/tiny-temporal"]
+    r = got[0]
+    assert r["title"] == "Evaluation: tiny, temporal, K = 3"
+    assert r["header"][0] == "model" and [row[0] for row in r["rows"]] == ["popularity", "als"]
+    assert r["rows"][1][r["header"].index("ndcg@3")].startswith("0.2345")
+    assert {i["file"] for i in r["images"]} == {"metrics_at_k.png", "accuracy_vs_diversity.png"}
+    png = client.get("/v1/ui/report-file", params={"report": r["id"], "name": "metrics_at_k.png"})
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    bad = client.get("/v1/ui/report-file", params={"report": r["id"], "name": "../../users/users.parquet"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "name"
+    assert client.get("/v1/ui/report-file", params={"report": "users", "name": "x.png"}).status_code == 404
+
+
+def test_parse_report_keeps_the_first_table_only():
+    doc = parse_report("# T\n\nintro\n\n| a | b |\n|---|---:|\n| x | 1 |\n\nafter\n\n| c |\n|---|\n| y |\n")
+    assert doc["title"] == "T" and doc["header"] == ["a", "b"] and doc["rows"] == [["x", "1"]]
+    assert doc["text"][:2] == ["intro", "after"]
