@@ -30,7 +30,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from reelrec.errors import InvalidInput, NotFound
-from reelrec.serve.api import scoped
+from reelrec.serve.api import ErrorResponse, scoped
 
 WEB_DIR = Path(__file__).with_name("web")
 PAGES = {"/": "home.html", "/onboarding": "onboarding.html", "/dashboard": "dashboard.html"}
@@ -38,6 +38,7 @@ REPORT_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,100}\.(png|svg|md|json)$")
 HOMEPAGE_ROUTE = re.compile(r"/homepage$")
 
 router = APIRouter()
+INVALID = {422: {"model": ErrorResponse, "description": "a query parameter is out of range"}}
 
 
 def install_web(app: FastAPI) -> None:
@@ -119,7 +120,7 @@ def _value_counts(values: pa.Array | pa.ChunkedArray) -> dict[str, int]:
 
 
 # --- users and genres -------------------------------------------------------------------------
-@router.get("/v1/ui/users", tags=["ui"], **scoped("read"))
+@router.get("/v1/ui/users", tags=["ui"], responses=INVALID, **scoped("read"))
 def search_users(request: Request,
                  q: str = Query("", max_length=200, description="user id prefix (case-sensitive)"),
                  region: str | None = Query(None, max_length=8),
@@ -340,8 +341,10 @@ def reports(request: Request) -> dict:
     return {"reports": out}
 
 
-@router.get("/v1/ui/report-file", tags=["ui"], responses={404: {"description": "no such file"}},
-            **scoped("read"))
+@router.get("/v1/ui/report-file", tags=["ui"], response_class=FileResponse, **scoped("read"),
+            responses={**INVALID, 404: {"model": ErrorResponse, "description": "no such report or file"},
+                       200: {"description": "the file", "content": {
+                           "image/png": {}, "image/svg+xml": {}, "text/markdown": {}, "application/json": {}}}})
 def report_file(request: Request, report: str = Query(..., max_length=300),
                 name: str = Query(..., max_length=110)):
     """One plot (or the markdown) of a report found by ``/v1/ui/reports``."""
