@@ -155,3 +155,162 @@ def test_parse_report_keeps_the_first_table_only():
     doc = parse_report("# T\n\nintro\n\n| a | b |\n|---|---:|\n| x | 1 |\n\nafter\n\n| c |\n|---|\n| y |\n")
     assert doc["title"] == "T" and doc["header"] == ["a", "b"] and doc["rows"] == [["x", "1"]]
     assert doc["text"][:2] == ["intro", "after"]
+
+
+# --- the pages in a real browser ------------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    pytest.importorskip("playwright.sync_api")
+    import os
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no Chromium at {CHROMIUM} (`make test` installs it with apt)")
+    from reelrec.serve.browser import chromium, serve_in_thread
+    from reelrec.serve.screenshots import build_world, busiest_user
+    settings = build_world(tmp_path_factory.mktemp("web-world"))
+    app = create_app(settings)
+    with serve_in_thread(app) as base, chromium() as browser:
+        yield {"base": base, "browser": browser, "settings": settings, "user": busiest_user(settings)}
+
+
+@pytest.fixture
+def page(site):
+    """A fresh page that records console errors, uncaught exceptions and failed requests."""
+    pg = site["browser"].new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    pg.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+    pg.problems = problems
+    yield pg
+    pg.close()
+
+
+def top_picks(pg) -> list[str]:
+    return pg.eval_on_selector_all(".shelf[data-shelf='top-picks'] .card", "cs => cs.map(c => c.dataset.title)")
+
+
+def test_homepage_renders_shelves_without_console_errors(site, page):
+    page.goto(f"{site['base']}/?user={site['user']}")
+    page.wait_for_selector(".shelf[data-shelf='top-picks'] .card")
+    shelves = page.eval_on_selector_all(".shelf", "ss => ss.map(s => s.dataset.shelf)")
+    assert shelves[0] == "top-picks" and len(shelves) >= 3
+    assert 1 <= len(top_picks(page)) <= 20
+    assert page.text_content("#status-user") == site["user"]
+    assert page.get_attribute("#mode", "data-mode") in ("personal", "cold_start", "fallback")
+    # every poster is an SVG made in the page, with alt text
+    posters = page.eval_on_selector_all(".card img", "is => is.map(i => [i.src.slice(0, 19), i.alt])")
+    assert posters and all(src == "data:image/svg+xml" and alt.startswith("Poster of ") for src, alt in posters)
+    # explore / novel slots carry a badge; the reason shows on focus
+    slots = page.eval_on_selector_all(".shelf[data-shelf='top-picks'] .card",
+                                      "cs => cs.map(c => [c.dataset.slot, !!c.querySelector('.badge')])")
+    assert all(badge == (slot in ("explore", "novel")) for slot, badge in slots)
+    first = page.locator(".shelf[data-shelf='top-picks'] .card").first
+    first.focus()
+    page.wait_for_function("document.activeElement.querySelector('.reason') && "
+                           "getComputedStyle(document.activeElement.querySelector('.reason')).opacity === '1'")
+    assert page.text_content(".shelf[data-shelf='top-picks'] .card .reason").strip()
+    assert not page.problems, page.problems
+
+
+def test_keyboard_moves_along_a_row_and_tab_between_rows(site, page):
+    page.goto(f"{site['base']}/?user={site['user']}")
+    page.wait_for_selector(".shelf[data-shelf='top-picks'] .card")
+    ids = top_picks(page)
+    page.locator(".shelf[data-shelf='top-picks'] .card").first.focus()
+    active = "document.activeElement.dataset.title"
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate(active) == ids[1]
+    page.keyboard.press("End")
+    assert page.evaluate(active) == ids[-1]
+    page.keyboard.press("Home")
+    assert page.evaluate(active) == ids[0]
+    second = page.eval_on_selector_all(".shelf", "ss => ss[1].dataset.shelf")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.closest('.shelf').dataset.shelf") == second
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(active) == ids[0]  # the row remembers its place
+    page.keyboard.press("Enter")
+    page.wait_for_selector("dialog[open] [data-action='complete']")
+    page.keyboard.press("Escape")
+    assert not page.problems, page.problems
+
+
+def test_context_switchers_refetch_with_query_parameters(site, page):
+    page.goto(f"{site['base']}/?user={site['user']}")
+    page.wait_for_selector(".shelf[data-shelf='top-picks'] .card")
+    with page.expect_response(lambda r: "/homepage?" in r.url and "device=tv" in r.url) as got:
+        page.select_option("#device", "tv")
+    assert got.value.status == 200
+    with page.expect_response(lambda r: "hour=21" in r.url and "device=tv" in r.url):
+        page.select_option("#hour", "21")
+    with page.expect_response(lambda r: "region=IN" in r.url):
+        page.select_option("#region", "IN")
+    assert "region=IN" in page.url and "hour=21" in page.url
+    assert not page.problems, page.problems
+
+
+def test_watching_a_title_updates_the_page(site, page):
+    page.goto(f"{site['base']}/?user={site['user']}")
+    page.wait_for_selector(".shelf[data-shelf='top-picks'] .card")
+    before = page.get_attribute("#generated", "data-generated")
+    watched = top_picks(page)[0]
+    page.locator(".shelf[data-shelf='top-picks'] .card").first.click()
+    page.click("dialog [data-action='complete']")
+    page.wait_for_selector("#update[data-state='done']", timeout=15_000)
+    assert re.match(r"Page updated \d+\.\d\d s after", page.text_content("#update"))
+    assert page.get_attribute("#generated", "data-generated") != before
+    assert watched not in top_picks(page)  # a finished title leaves Top picks
+    assert not page.problems, page.problems
+
+
+def test_onboarding_leads_to_a_page_that_turns_personal(site, page):
+    page.goto(f"{site['base']}/onboarding?user=new-browser-1")
+    page.wait_for_selector(".chip")
+    chips = page.locator(".chip")
+    for i in range(3):
+        chips.nth(i).click()
+    assert page.is_enabled("#submit")
+    page.click("#submit")  # the fourth tap
+    page.wait_for_selector("#shelves .shelf[data-shelf='top-picks'] .card")
+    assert page.get_attribute("#mode", "data-mode") == "cold_start"
+    for n in range(3):
+        if page.get_attribute("#mode", "data-mode") == "personal":
+            break
+        page.locator(".shelf[data-shelf='top-picks'] .card").first.click()
+        page.click("dialog [data-action='complete']")
+        page.wait_for_selector("#update[data-state='done'], #update[data-state='failed']", timeout=15_000)
+        assert page.get_attribute("#update", "data-state") == "done", page.text_content("#update")
+    assert page.get_attribute("#mode", "data-mode") == "personal"
+    assert "personal now" in page.text_content("#notice")
+    assert not page.problems, page.problems
+
+
+def test_five_picks_submit_at_once(site, page):
+    page.goto(f"{site['base']}/onboarding?user=new-browser-2")
+    page.wait_for_selector(".chip")
+    chips = page.locator(".chip")
+    for i in range(5):
+        chips.nth(i).click()
+    page.wait_for_selector("#shelves .card")
+    assert page.eval_on_selector_all(".chip[aria-pressed='true']", "cs => cs.length") == 5
+    assert not page.problems, page.problems
+
+
+def test_dashboard_shows_figures(site, page):
+    page.goto(f"{site['base']}/?user={site['user']}")  # a homepage read for the latency figures
+    page.wait_for_selector(".card")
+    page.goto(f"{site['base']}/dashboard")
+    page.wait_for_selector("#live .tile")
+    page.wait_for_function("document.querySelector('[data-figure=\"Events / s\"]').textContent !== '…'",
+                           timeout=10_000)
+    figures = dict(page.eval_on_selector_all("#live [data-figure]", "ts => ts.map(t => [t.dataset.figure, t.textContent])"))
+    assert re.fullmatch(r"[\d,.]+", figures["Events / s"])
+    assert re.fullmatch(r"[\d,.]+ ms", figures["Homepage p50"])
+    assert page.text_content("#catalog-tiles [data-figure='Titles']") == "200" or \
+        int(page.text_content("#catalog-tiles [data-figure='Titles']").replace(",", "")) >= 200
+    page.wait_for_selector("#models table")
+    assert page.locator("#models tbody tr").count() >= 1
+    assert not page.problems, page.problems
