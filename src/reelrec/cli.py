@@ -331,6 +331,159 @@ def evaluate(
             err_console.print(f"wrote {p}")
     print(markdown(doc).split("\n![")[0])
 
+# --- batch layer: training and model versions ---------------------------------------------------
+models_app = typer.Typer(no_args_is_help=True, help="Trained model versions and the published pointer.")
+app.add_typer(models_app, name="models")
+
+
+@app.command()
+def train(data: Optional[Path] = DataOpt,
+          tune: bool = typer.Option(True, "--tune/--no-tune", help="grid-search ALS and EASE"),
+          publish: bool = typer.Option(True, "--publish/--no-publish", help="publish when checks pass"),
+          factors: int = typer.Option(128, min=1, help="ALS factors")):
+    """Train a model version from the lake (ALS, recall sources, ranker) and publish it."""
+    from reelrec.batch.pipeline import PipelineConfig
+    from reelrec.batch.progress import RichProgress
+    from reelrec.batch.train import train as run_train
+    from reelrec.recall.als import ALSParams
+    s = settings_for(data)
+    cfg = PipelineConfig(als=ALSParams(factors=factors), tune=tune)
+    try:
+        with RichProgress() as progress:
+            res = run_train(s, cfg, publish=publish, progress=progress)
+    except ReelrecError as exc:
+        fail(exc)
+    m = res.manifest
+    console.print(f"version {res.version} ({'published' if res.published else 'not published'}) "
+                  f"in {res.seconds:.1f} s: {m['counts']['users']:,} users, {m['counts']['titles']:,} "
+                  f"titles, {m['counts']['positives']:,} positives")
+    console.print(f"ALS {m['params']['als']}  EASE lambda {m['params']['ease_lambda']}")
+    console.print(f"metrics {m['metrics']}")
+    for p in m["checks"]:
+        err_console.print(f"[yellow]check failed:[/yellow] {p}")
+
+
+@models_app.command("list")
+def models_list(data: Optional[Path] = DataOpt, as_json: bool = typer.Option(False, "--json")):
+    """Model versions, newest first: published marker, checks, counts and validation metrics."""
+    from reelrec.batch.versions import ModelStore
+    s = settings_for(data)
+    rows = ModelStore(s.models_dir).list()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"model versions in {s.models_dir}", title_justify="left")
+    t.add_column("version", no_wrap=True)
+    for c in ("published", "ok", "users", "titles", "candidates recall", "ranker ndcg@10"):
+        t.add_column(c)
+    for r in rows:
+        c, mt = r.get("counts", {}), r.get("metrics", {})
+        t.add_row(r["version"], "*" if r["current"] else "", "yes" if r["ok"] else f"no: {r.get('error', '')}",
+                  f"{c.get('users', '-')}", f"{c.get('titles', '-')}", f"{mt.get('candidates_recall', '-')}",
+                  f"{mt.get('ranker_valid_ndcg@10', '-')}")
+    console.print(t)
+
+
+@models_app.command("publish")
+def models_publish(version: str = typer.Argument(...), data: Optional[Path] = DataOpt):
+    """Point the published model at VERSION (verified first)."""
+    from reelrec.batch.versions import ModelStore
+    s = settings_for(data)
+    try:
+        ModelStore(s.models_dir).publish(version)
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"published {version}")
+
+
+# --- homepages -----------------------------------------------------------------------------------
+def default_cache_url(s) -> str:
+    """The cache named by settings, or a memory cache snapshotted in the data directory so that
+    one command's pages are there for the next (embedded mode)."""
+    if s.cache_url and s.cache_url != "memory://":
+        return s.cache_url
+    return f"memory://{(s.data_dir.resolve() / 'cache' / 'pages.arrow').as_posix()}"
+
+
+@app.command()
+def precompute(data: Optional[Path] = DataOpt,
+               cache: Optional[str] = typer.Option(None, help="cache URL (default: memory snapshot in DIR)"),
+               version: Optional[str] = typer.Option(None, help="model version (default: published)")):
+    """Compose every user's homepage into the cache, then switch the cache to the new version."""
+    from rich.progress import Progress
+    from reelrec.batch.precompute import precompute as run
+    from reelrec.storage.cache import open_cache
+    s = settings_for(data)
+    url = cache or default_cache_url(s)
+
+    class Bar:
+        def __init__(self, p):
+            self.p, self.task = p, None
+
+        def start(self, total):
+            self.task = self.p.add_task("pages", total=total)
+
+        def advance(self, n):
+            self.p.advance(self.task, n)
+
+    try:
+        with open_cache(url) as c, Progress(console=err_console) as p:
+            rep = run(s, c, version=version, progress=Bar(p))
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"version {rep.version}: {rep.users:,} pages ({rep.personal:,} personal, "
+                  f"{rep.cold_start:,} cold start) in {rep.seconds:.1f} s = {rep.users_per_s:,.0f} users/s "
+                  f"({rep.users / max(rep.cpu_seconds, 1e-9):,.0f} per CPU second); "
+                  f"page {rep.page_bytes_mean:.0f} B mean, {rep.page_bytes_max} B max; "
+                  f"genre-cap violations {rep.genre_cap_violations}, kind mix off "
+                  f"{rep.kind_mix_off_by_more_than_one} of {rep.kind_mix_checked}; slots {rep.slot_counts}")
+    console.print(f"cache: {url}")
+
+
+@app.command()
+def homepage(user_id: str = typer.Argument(...), data: Optional[Path] = DataOpt,
+             cache: Optional[str] = typer.Option(None, help="cache URL (default: memory snapshot in DIR)"),
+             region: Optional[str] = typer.Option(None, help="request region (default: the user's)"),
+             device: Optional[str] = typer.Option(None), hour: Optional[int] = typer.Option(None, min=0, max=23),
+             as_json: bool = typer.Option(False, "--json", help="the API's JSON document")):
+    """Print a user's homepage as a person would read it, or as the API's JSON."""
+    from reelrec.homepage import HomepageReader
+    from reelrec.storage.cache import open_cache
+    s = settings_for(data)
+    region = region or _user_region(s, user_id)
+    try:
+        with open_cache(cache or default_cache_url(s)) as c:
+            doc = HomepageReader(s, c).read(user_id, region=region, device=device, hour=hour)
+    except ReelrecError as exc:
+        fail(exc)
+    if as_json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    print_page(doc)
+
+
+def _user_region(s, user_id: str) -> Optional[str]:
+    import pyarrow.compute as pc
+    from reelrec.domain.users import load_users
+    try:
+        t = load_users(s.data_dir)
+    except NotFound:
+        return None
+    hit = t.filter(pc.equal(t.column("user_id"), user_id))
+    return hit.column("region")[0].as_py() if hit.num_rows else None
+
+
+def print_page(doc: dict) -> None:
+    badge = {"explore": "[magenta]explore[/magenta]", "novel": "[cyan]new to you[/cyan]", "exploit": ""}
+    console.print(f"[bold]{doc['user_id']}[/bold]  mode={doc['mode']}  model={doc['model_version']}  "
+                  f"generated {doc['generated_at']}")
+    for shelf in doc["shelves"]:
+        console.rule(f"[bold]{shelf['title']}[/bold]", align="left")
+        for i, it in enumerate(shelf["items"], 1):
+            console.print(f"{i:>2}. {it['name']}  [dim]{it['kind']} · {', '.join(it['genres'])}[/dim] "
+                          f"{badge.get(it['slot_kind'], '')}  [italic]{it['reason']}[/italic]",
+                          highlight=False)
+
 
 def main() -> None:
     from reelrec.log import setup_logging

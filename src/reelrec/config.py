@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from reelrec.compose.config import ComposeConfig
 from reelrec.errors import FieldError, InvalidInput
 
 
@@ -66,6 +67,7 @@ class Settings(BaseSettings):
     lake_url: str | None = Field(None, description="behavioural lake; default file://<data_dir>/lake")
     future_tolerance_s: float = Field(300.0, ge=0, description="events further in the future are rejected")
     signals: SignalWeights = Field(default_factory=SignalWeights)
+    compose: ComposeConfig = Field(default_factory=ComposeConfig)
 
     # serving
     host: str = Field("127.0.0.1", description="address the API binds; loopback unless told otherwise")

@@ -1,0 +1,335 @@
+"""From a trained model to homepages: the one place that turns the pipeline's ranked candidates
+into composed, encoded pages (DESIGN.md, pipeline steps 1-4).
+
+``ServingModel`` is one model version ready to serve: the pipeline (candidates -> ranker), the
+catalog features composition needs, cold-start priors, the shared shelves of every region, the
+co-visitation neighbours behind "Because you watched X", and the page assembler. Precompute (every
+user, in batches), the speed layer (one user after an event) and the API (a cache miss) all build
+pages through ``ServingModel.pages``, so the three cannot drift apart.
+
+User profiles come from folded interactions (``reelrec.domain.signals``) with the same rules
+everywhere: ``profiles_from_interactions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from reelrec.batch.pipeline import Pipeline, load_pipeline
+from reelrec.batch.versions import ModelStore
+from reelrec.compose.bandit import ThompsonBandit
+from reelrec.compose.coldstart import ColdStartPriors
+from reelrec.compose.config import ComposeConfig
+from reelrec.compose.features import SOURCE, Candidates, CatalogFeatures, UserProfile, affinities
+from reelrec.compose.page import Assembler, decode_page, decode_shared, encode_page, encode_shared
+from reelrec.compose.shelves import (ComposedPage, SharedShelf, build_shared_shelves, compose_fallback,
+                                     compose_page, shared_keys)
+from reelrec.config import Settings
+from reelrec.domain.catalog import Catalog
+from reelrec.domain.matrix import index_of
+from reelrec.errors import Conflict, NotFound
+from reelrec.log import get_logger
+from reelrec.storage.cache import page_key, shelf_key
+
+log = get_logger(__name__)
+UTC = dt.timezone.utc
+
+# the pipeline's source names -> composition's source codes (reasons depend on them)
+_SOURCE_MAP = {"ann": "ann", "ease": "covisit", "covisit": "covisit", "trending": "trending",
+               "new": "new", "genre_pop": "genre"}
+CANDIDATES_PER_USER = 150
+STRONG_POSITIVE = 2.0  # weight from which a title can seed "Because you watched X"
+RECENT_POSITIVES = 5
+
+
+class Neighbours(Mapping):
+    """Top co-visitation neighbours of a title, read lazily from the sparse matrix."""
+
+    def __init__(self, covisit: sp.csr_matrix, k: int = 40):
+        self.m, self.k = sp.csr_matrix(covisit), k
+
+    def __getitem__(self, title: int) -> np.ndarray:
+        lo, hi = self.m.indptr[title], self.m.indptr[title + 1]
+        cols, vals = self.m.indices[lo:hi], self.m.data[lo:hi]
+        order = np.argsort(-vals, kind="stable")[: self.k]
+        return cols[order].astype(np.int64)
+
+    def __iter__(self):
+        return iter(range(self.m.shape[0]))
+
+    def __len__(self) -> int:
+        return self.m.shape[0]
+
+
+def aligned_catalog(catalog: Catalog, title_ids: np.ndarray) -> Catalog:
+    """The catalog rows in the model's title order.
+
+    Raises:
+        Conflict: a title the model knows is missing from the catalog.
+    """
+    idx = index_of(pa.array(list(title_ids), pa.string()), catalog.table.column("title_id"))
+    if (idx < 0).any():
+        missing = [str(t) for t in np.asarray(title_ids)[idx < 0][:5]]
+        raise Conflict(f"the catalog lacks {int((idx < 0).sum())} titles of the model (e.g. {missing})")
+    return Catalog(catalog.table.take(pa.array(idx)))
+
+
+@dataclass
+class Profiles:
+    """Profiles of a batch of users, by user id (built by ``profiles_from_interactions``)."""
+
+    by_user: dict[str, UserProfile] = field(default_factory=dict)
+
+    def get(self, user_id: str, region: str | None = None) -> UserProfile:
+        p = self.by_user.get(user_id)
+        return p if p is not None else UserProfile(user_id=user_id, region=region)
+
+
+def profiles_from_interactions(features: CatalogFeatures, interactions: pa.Table,
+                               impressions: pa.Table | None = None, users: pa.Table | None = None,
+                               regions: Mapping[str, str | None] | None = None) -> Profiles:
+    """One ``UserProfile`` per user seen in ``interactions`` or ``users``.
+
+    ``interactions`` is ``fold_interactions`` output; ``impressions`` has ``user_id, title_id``
+    (titles shown); ``users`` is the users table (region, onboarding picks); ``regions`` overrides
+    a user's region (the latest one seen on their events).
+    """
+    ids = pa.array(list(features.ids), pa.string())
+    col = index_of(interactions.column("title_id"), ids)
+    t = interactions.filter(pa.array(col >= 0))
+    col = col[col >= 0]
+    uid = t.column("user_id").to_numpy(zero_copy_only=False).astype(object)
+    users_seen = np.unique(uid) if len(uid) else np.zeros(0, object)
+    row = np.searchsorted(users_seen, uid)
+    weight = t.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
+    negative = t.column("negative").to_numpy(zero_copy_only=False).astype(bool)
+    finished = t.column("finished").to_numpy(zero_copy_only=False).astype(bool)
+    thumbs = t.column("thumbs").to_numpy(zero_copy_only=False)
+    rewatches = t.column("rewatches").to_numpy(zero_copy_only=False)
+    completion = t.column("best_completion").to_numpy(zero_copy_only=False).astype(np.float64)
+    plays = t.column("plays").to_numpy(zero_copy_only=False)
+    last = pc.cast(t.column("last_ts"), pa.int64()).to_numpy(zero_copy_only=False)
+    positive = (weight > 0) & ~negative
+    pos = sp.csr_matrix((np.where(positive, weight, 0.0), (row, col)), shape=(len(users_seen), len(features)))
+    kind_aff, genre_aff = affinities(features, pos)
+
+    order = np.lexsort((-last, row))  # per user, newest first
+    bounds = np.searchsorted(row[order], np.arange(len(users_seen) + 1))
+    shown: dict[str, np.ndarray] = {}
+    if impressions is not None and impressions.num_rows:
+        ic = index_of(impressions.column("title_id"), ids)
+        iu = impressions.column("user_id").to_numpy(zero_copy_only=False).astype(object)
+        ok = ic >= 0
+        iu, ic = iu[ok], ic[ok]
+        o = np.argsort(iu, kind="stable")
+        iu, ic = iu[o], ic[o]
+        ub, starts = np.unique(iu, return_index=True)
+        for u, a, b in zip(ub, starts, list(starts[1:]) + [len(iu)]):
+            shown[u] = np.unique(ic[a:b])
+
+    meta: dict[str, dict] = {}
+    if users is not None and users.num_rows:
+        for r in users.select([c for c in ("user_id", "region", "onboarding_genres")
+                               if c in users.column_names]).to_pylist():
+            meta[r["user_id"]] = r
+    out = Profiles()
+    empty = np.zeros(0, np.int64)
+    for i, u in enumerate(users_seen):
+        sel = order[bounds[i]:bounds[i + 1]]
+        c = col[sel]
+        rejected = negative[sel] | (thumbs[sel] < 0)
+        strong = positive[sel] & (weight[sel] >= STRONG_POSITIVE)
+        progress = (completion[sel] > 0) & (completion[sel] < 0.9) & ~finished[sel] & ~rejected & (plays[sel] > 0)
+        m = meta.get(u, {})
+        region = (regions or {}).get(u) or m.get("region")
+        out.by_user[u] = UserProfile(
+            user_id=u, region=region, kind_affinity=kind_aff[i], genre_affinity=genre_aff[i],
+            impressions=shown.get(u, empty), thumbs_down=c[rejected], finished=c[finished[sel]],
+            rewatcher=bool((rewatches[sel] > 0).any()), in_progress=c[progress],
+            recent_positives=c[strong][:RECENT_POSITIVES], n_engaged=int(positive[sel].sum()),
+            onboarding_genres=tuple(m.get("onboarding_genres") or ()))
+    for u, m in meta.items():
+        if u not in out.by_user:
+            region = (regions or {}).get(u) or m.get("region")
+            out.by_user[u] = UserProfile(user_id=u, region=region, impressions=shown.get(u, empty),
+                                         onboarding_genres=tuple(m.get("onboarding_genres") or ()))
+    return out
+
+
+class ServingModel:
+    """One model version, ready to compose and assemble pages."""
+
+    def __init__(self, version: str, pipeline: Pipeline, features: CatalogFeatures,
+                 cfg: ComposeConfig | None = None, today: dt.date | None = None):
+        self.version, self.pipeline, self.features = version, pipeline, features
+        self.cfg = cfg or ComposeConfig()
+        st = pipeline.art.stats
+        self.regions = [str(r) for r in st.regions]
+        pop_region = {r: st.pop_region[i] for i, r in enumerate(self.regions)}
+        self.cold = ColdStartPriors(features, pop_region, self.cfg)
+        self.neighbours = Neighbours(pipeline.art.covisit)
+        self.assembler = Assembler(features)
+        self.today = today or dt.datetime.fromtimestamp(pipeline.art.ref_s or 0, UTC).date()
+        self.shared: dict[str, SharedShelf] = {}
+        for region in sorted(set(self.regions) | set(features.regions)) + [None]:
+            i = self.regions.index(region) if region in self.regions else None
+            self.shared.update(build_shared_shelves(
+                features, region, today=self.today,
+                trending=st.trend_region[i] if i is not None else st.trend_week,
+                popularity=st.pop_region[i] if i is not None else None, cfg=self.cfg))
+        self.user_row = ({u: i for i, u in enumerate(pipeline.user_ids)}
+                         if pipeline.user_ids is not None else {})
+
+    # --- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, settings: Settings, version: str | None = None) -> "ServingModel":
+        """Load (and verify) a model version; the published one by default.
+
+        Raises:
+            NotFound: no version published or no such version.
+            Conflict: the version is corrupt or half-written, or the catalog lacks its titles.
+        """
+        store = ModelStore(settings.models_dir)
+        version = version or store.current()
+        if version is None:
+            raise NotFound(f"no published model under {settings.models_dir}; run `reelrec train`")
+        manifest = store.verify(version)
+        pipeline = load_pipeline(store.path(version), manifest["config"])
+        catalog = aligned_catalog(Catalog.load(settings.data_dir), pipeline.art.title_ids)
+        st = pipeline.art.stats
+        features = CatalogFeatures.from_catalog(catalog, popularity=np.asarray(st.pop, np.float32))
+        return cls(version, pipeline, features, settings.compose)
+
+    # --- candidates ------------------------------------------------------------------------
+    def candidates_for_rows(self, rows: np.ndarray, k: int = CANDIDATES_PER_USER) -> list[Candidates]:
+        """Ranked candidates of training users (pipeline rows), one batch."""
+        state = self.pipeline.users.take(np.asarray(rows, np.int64))
+        return self.candidates_for_state(state, k)
+
+    def candidates_for_state(self, state, k: int = CANDIDATES_PER_USER) -> list[Candidates]:
+        cols, scores, sources = self.pipeline.score(state, k, with_sources=True)
+        out = []
+        for c, s, src in zip(cols, scores, sources):
+            ok = c >= 0
+            codes = [SOURCE[_SOURCE_MAP.get(x, "ann")] for x in src[ok]]
+            out.append(Candidates.of(c[ok], s[ok], np.asarray(codes, np.uint8)))
+        return out
+
+    # --- composing -------------------------------------------------------------------------
+    def compose(self, profile: UserProfile, candidates: Candidates | None,
+                bandit: ThompsonBandit | None = None, rng: np.random.Generator | None = None,
+                now: dt.datetime | None = None) -> ComposedPage:
+        region_shared = {k: self.shared[k] for k in shared_keys(profile.region) if k in self.shared}
+        if profile.n_engaged == 0:
+            candidates = None
+        return compose_page(self.features, profile, candidates, cfg=self.cfg, bandit=bandit, rng=rng,
+                            neighbours=self.neighbours, cold=self.cold, shared=region_shared, now=now)
+
+    def fallback(self, user_id: str, region: str | None) -> ComposedPage:
+        region_shared = {k: self.shared[k] for k in shared_keys(region) if k in self.shared}
+        return compose_fallback(self.features, user_id, region, region_shared, cfg=self.cfg)
+
+    def encode(self, page: ComposedPage) -> bytes:
+        return encode_page(page, self.features)
+
+    def shared_items(self) -> dict[str, bytes]:
+        """Every shared shelf as cache items (``shelf_key`` -> bytes)."""
+        return {shelf_key(k): encode_shared(s, self.features) for k, s in self.shared.items()}
+
+    # --- assembling --------------------------------------------------------------------------
+    def document(self, page: ComposedPage) -> dict:
+        region_shared = {k: self.shared[k] for k in shared_keys(page.region) if k in self.shared}
+        return self.assembler.document(page, self.version, region_shared)
+
+    def assemble(self, user_id: str, blob: bytes, shared: Mapping[str, bytes | None]) -> dict:
+        """The Page document from a cached page and the shelves read with it (``shelf_key``
+        names); a shared shelf missing from the read falls back to this model's copy."""
+        page = decode_page(blob, self.features, user_id)
+        region_shared: dict[str, SharedShelf] = {}
+        for k in shared_keys(page.region):
+            got = shared.get(shelf_key(k))
+            if got is not None:
+                region_shared[k] = decode_shared(got)
+            elif k in self.shared:
+                region_shared[k] = self.shared[k]
+        return self.assembler.document(page, self.version, region_shared)
+
+
+def read_keys(user_id: str, region: str | None) -> list[str]:
+    """The keys of one homepage read: the user's page and the region's shared shelves."""
+    return [page_key(user_id)] + [shelf_key(k) for k in shared_keys(region)]
+
+
+def model_path(settings: Settings, version: str) -> Path:
+    return ModelStore(settings.models_dir).path(version)
+
+
+class HomepageReader:
+    """Serving a homepage: one cache read, the page assembled in process.
+
+    The cache read (user page + the region's shared shelves) carries the published version; the
+    reader loads that model version when it changes (hot swap, no restart) and keeps serving the
+    previous one when the new one fails to load. A user without a page gets a cold-start page
+    composed on the spot; a cache that cannot be reached gives a fallback page (the region's
+    shared shelves), flagged ``mode: fallback`` — never an error.
+    """
+
+    def __init__(self, settings: Settings, cache, on_read=None):
+        self.settings, self.cache = settings, cache
+        self._models: dict[str, ServingModel] = {}
+        self._bad: set[str] = set()
+        self.on_read = on_read or (lambda result: None)
+
+    def model(self, version: str | None = None) -> ServingModel:
+        """The model of ``version`` (or the newest usable one), loading it once.
+
+        Raises:
+            NotFound: no usable model at all.
+        """
+        if version and version in self._models:
+            return self._models[version]
+        if version and version not in self._bad:
+            try:
+                m = ServingModel.load(self.settings, version)
+                self._models = {version: m, **{k: v for k, v in list(self._models.items())[-1:]}}
+                return m
+            except (Conflict, NotFound) as exc:
+                self._bad.add(version)
+                log.error("model version refused; the previous one keeps serving", version=version,
+                          error=str(exc))
+        if self._models:
+            return next(reversed(self._models.values()))
+        m = ServingModel.load(self.settings)  # the published model in the store
+        self._models[m.version] = m
+        return m
+
+    def read(self, user_id: str, region: str | None = None, onboarding: tuple[str, ...] = (),
+             device: str | None = None, hour: int | None = None) -> dict:
+        """The Page document of ``user_id`` (``region``: where the request comes from)."""
+        from reelrec.errors import Unavailable
+        try:
+            got = self.cache.get_many(read_keys(user_id, region))
+        except Unavailable as exc:
+            log.warning("cache unavailable; serving the fallback page", error=str(exc))
+            self.on_read("error")
+            model = self.model()
+            doc = model.document(model.fallback(user_id, region))
+            return doc
+        model = self.model(got.version)
+        blob = got.values[0]
+        if blob is None:
+            self.on_read("miss")
+            profile = UserProfile(user_id=user_id, region=region, onboarding_genres=onboarding,
+                                  device=device, hour=hour)
+            return model.document(model.compose(profile, None))
+        self.on_read("hit")
+        shared = dict(zip(read_keys(user_id, region)[1:], got.values[1:]))
+        return model.assemble(user_id, blob, shared)

@@ -1,0 +1,150 @@
+"""Stage 2 features: one row per (user, candidate), computed from arrays for a batch of users.
+
+Every feature reads only the user's state (their positives, times, context shares, searches)
+and the title statistics of the training window, never an event at or after the label time:
+the ranker's training split (``reelrec.rank.ranker.label_window``) builds both from events
+before its cutoff, and tests/test_rank.py checks that a label event cannot reach its features.
+
+Groups: each source's score and rank (and the score relative to the user's best candidate);
+popularity (global, regional, recent) and trending; freshness; genre and kind affinity; context
+(time of day and device shares against runtime and kind); completion and click-through rates
+among similar users (the user's ALS cluster, smoothed toward the title's global rate); search
+intent (genres named in recent searches); user activity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from reelrec.domain.catalog import KINDS
+from reelrec.recall.candidates import Artifacts, Candidates, UserState
+from reelrec.recall.popular import genre_affinity
+
+CONTEXT_FEATURES = ("tv_share", "mobile_share", "night_share", "evening_share", "runtime_x_mobile",
+                    "runtime_x_tv", "series_x_mobile", "runtime_x_night")
+
+
+def feature_names(sources: tuple[str, ...]) -> list[str]:
+    names = []
+    for s in sources:
+        names += [f"{s}_rank", f"{s}_rel", f"{s}_z"]
+    names += ["in_sources", "best_rank",
+              "pop_log", "pop_region", "recent_log", "trend_day", "trend_week", "trend_region",
+              "mean_weight", "age_days", "content_vector",
+              "genre_affinity", "genre_max", "kind_affinity", "kind", "runtime_min",
+              *CONTEXT_FEATURES,
+              "completion_cluster", "completion_all", "ctr_cluster", "ctr_all",
+              "search_genre", "user_positives_log", "user_events_week", "user_title_pop_mean"]
+    return names
+
+
+def _take(block: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(block, np.maximum(cols, 0), axis=1)
+
+
+def build_features(art: Artifacts, state: UserState, cands: Candidates,
+                   dense: dict[str, np.ndarray]) -> np.ndarray:
+    """(B, C, F) float32 features for the candidates of a batch (padding rows are NaN)."""
+    st = art.stats
+    state = state.filled(st.genres.shape[1])
+    cols = cands.cols
+    c0 = np.maximum(cols, 0)
+    b, c = cols.shape
+    feats: list[np.ndarray] = []
+
+    for i, s in enumerate(cands.sources):
+        if s == "ann":
+            v = art.item_factors[c0]  # (B, C, f)
+            score = np.einsum("bcf,bf->bc", v, state.vectors)
+        elif s in dense:
+            score = _take(dense[s], cols)
+        else:
+            score = np.zeros((b, c), np.float32)
+        # scale-free forms only: the ranker is trained on a smaller window than it serves, so raw
+        # scores (which grow with the history) would shift between training and serving
+        rank = cands.rank[:, :, i]
+        valid = cols >= 0
+        top = np.max(np.where(valid, score, -np.inf), axis=1, keepdims=True)
+        top = np.where(np.isfinite(top) & (np.abs(top) > 1e-9), top, 1.0)
+        n = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+        mean = np.where(valid, score, 0.0).sum(axis=1, keepdims=True) / n
+        sd = np.sqrt(np.where(valid, (score - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / n) + 1e-9
+        feats += [np.where(np.isfinite(rank), rank, 1000.0), score / np.abs(top), (score - mean) / sd]
+    present = np.isfinite(cands.rank)
+    feats += [present.sum(axis=2).astype(np.float32),
+              np.where(present.any(axis=2), cands.rank.min(axis=2, initial=np.inf, where=present), 1000.0)]
+
+    region = state.region
+    reg_ok = (region >= 0)[:, None] & (len(st.regions) > 0)
+    pop_region = st.pop_region[np.maximum(region, 0)][np.arange(b)[:, None], c0] if len(st.regions) \
+        else np.zeros((b, c), np.float32)
+    trend_region = st.trend_region[np.maximum(region, 0)][np.arange(b)[:, None], c0] if len(st.regions) \
+        else np.zeros((b, c), np.float32)
+    # popularity as shares of the window's totals, for the same reason
+    pop_share = st.pop / max(st.pop.sum(), 1.0)
+    reg_tot = np.maximum(st.pop_region.sum(axis=1), 1.0) if len(st.regions) else np.ones(1)
+    treg_tot = np.maximum(st.trend_region.sum(axis=1), 1e-9) if len(st.regions) else np.ones(1)
+    rr = np.maximum(region, 0)
+    feats += [np.log(pop_share[c0] + 1e-7),
+              np.where(reg_ok, np.log(pop_region / reg_tot[rr][:, None] + 1e-7), np.nan),
+              np.log(st.recent[c0] / max(st.recent.sum(), 1.0) + 1e-7),
+              st.trend_day[c0] / max(st.trend_day.sum(), 1e-9), st.trend_week[c0] / max(st.trend_week.sum(), 1e-9),
+              np.where(reg_ok, trend_region / treg_tot[rr][:, None], np.nan), st.mean_weight[c0], st.age_days[c0],
+              art.content[c0].astype(np.float32)]
+
+    aff = genre_affinity(state.positives, st.genres)  # (B, G)
+    tg = st.genres.astype(np.float32)
+    n_g = np.maximum(np.asarray(tg.sum(axis=1)).ravel(), 1.0)
+    # affinity of the user for each candidate's genres: (aff @ genres^T) gathered at the candidates
+    ga = np.asarray(tg.dot(aff.T).T, dtype=np.float32)  # (B, N)
+    gmax = _genre_max(aff, tg)  # (B, N)
+    kind_share = _kind_share(state.positives, st.kind)  # (B, K)
+    kind_c = st.kind[c0]
+    feats += [_take(ga, cols) / n_g[c0], _take(gmax, cols),
+              np.take_along_axis(kind_share, kind_c, axis=1), kind_c.astype(np.float32),
+              st.runtime_min[c0]]
+
+    runtime = np.nan_to_num(st.runtime_min[c0], nan=0.0) / 60.0
+    tv, mobile = state.device[:, 0:1], state.device[:, 1:2]
+    night, evening = state.hour[:, 0:1], state.hour[:, 3:4]
+    is_series = (kind_c == KINDS.index("series")).astype(np.float32)
+    ones = np.ones((b, c), np.float32)
+    feats += [tv * ones, mobile * ones, night * ones, evening * ones, runtime * mobile, runtime * tv,
+              is_series * mobile, runtime * night]
+
+    cl = np.clip(state.cluster, 0, st.completion.shape[0] - 1)
+    feats += [st.completion[cl][np.arange(b)[:, None], c0], st.completion_all[c0],
+              st.ctr[cl][np.arange(b)[:, None], c0], st.ctr_all[c0]]
+
+    sg = state.search_genres
+    search = np.asarray(tg.dot(sg.T).T, dtype=np.float32) if sg.shape[1] == tg.shape[1] \
+        else np.zeros((b, tg.shape[0]), np.float32)
+    n_pos = np.diff(sp.csr_matrix(state.positives).indptr).astype(np.float32)
+    x = sp.csr_matrix(state.positives)
+    pop_mean = np.asarray((x > 0).astype(np.float32) @ np.log(pop_share + 1e-7)).ravel() / np.maximum(n_pos, 1)
+    feats += [_take(search, cols), np.log1p(n_pos)[:, None] * ones, state.events_week[:, None] * ones,
+              pop_mean[:, None] * ones]
+
+    out = np.stack([np.asarray(f, dtype=np.float32) for f in feats], axis=2)
+    out[cols < 0] = np.nan
+    return out
+
+
+def _genre_max(aff: np.ndarray, tg: sp.csr_matrix) -> np.ndarray:
+    """The user's largest affinity among each title's genres, (B, N)."""
+    tg = sp.csr_matrix(tg)
+    out = np.zeros((aff.shape[0], tg.shape[0]), np.float32)
+    for g in range(tg.shape[1]):  # genres are few (tens); titles and users stay vectorised
+        titles = tg[:, g].nonzero()[0]
+        if len(titles):
+            out[:, titles] = np.maximum(out[:, titles], aff[:, g:g + 1])
+    return out
+
+
+def _kind_share(positives: sp.csr_matrix, kind: np.ndarray) -> np.ndarray:
+    k = sp.csr_matrix((np.ones(len(kind), np.float32), (np.arange(len(kind)), kind)),
+                      shape=(len(kind), len(KINDS)))
+    a = np.asarray((sp.csr_matrix(positives) @ k).todense(), dtype=np.float32)
+    s = a.sum(axis=1, keepdims=True)
+    return np.divide(a, s, out=np.full_like(a, 1.0 / len(KINDS)), where=s > 0)

@@ -1,0 +1,271 @@
+"""Embeddings: implicit-feedback ALS over the user x title confidence matrix (batch layer).
+
+Title and user vectors (float32) feed the ANN source of recall, the ranker's ``ann`` score, and
+the speed layer's fold-in of one user (``fold_in``: the exact closed form of one ALS user step,
+so a user's vector moves with their new events before the next retrain). Titles with no
+interactions get a content vector (``content_vectors``) so new releases are retrievable at once.
+
+The fit is the ``implicit`` library's; confidence is ``alpha * weight`` of the signal weighting.
+``tune_als`` picks regularisation, alpha and iterations on a held-out slice of each user's
+positives with a small grid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import scipy.sparse as sp
+
+from reelrec.errors import InvalidInput
+from reelrec.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ALSParams:
+    # defaults are the values tuning picks on MovieLens-100K ratings (weights 1-5); training
+    # re-tunes them on each data set with ``tune_als``
+    factors: int = 128
+    regularization: float = 20.0
+    alpha: float = 0.5
+    iterations: int = 15
+    seed: int = 42
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ALSModel:
+    user_factors: np.ndarray  # (users, f) float32
+    item_factors: np.ndarray  # (titles, f) float32
+    params: ALSParams
+    seconds_per_iteration: float = 0.0
+    content: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # title got a content vector
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return self.user_factors[users] @ self.item_factors.T
+
+    def fold_in(self, user_items_row: sp.spmatrix) -> np.ndarray:
+        """The user vector for ``user_items_row`` (1 x titles weights, or n x titles)."""
+        return fold_in(self.item_factors, user_items_row, self.params)
+
+
+def _check(positives: sp.spmatrix) -> sp.csr_matrix:
+    m = sp.csr_matrix(positives, dtype=np.float32)
+    if m.nnz and (m.data <= 0).any():
+        raise InvalidInput("ALS confidence weights must be positive", field="positives")
+    return m
+
+
+def fit_als(positives: sp.spmatrix, params: ALSParams | None = None,
+            on_iteration: Callable[[int, float], None] | None = None) -> ALSModel:
+    """Fit ALS on a users x titles matrix of positive weights. Confidence is ``alpha * weight``."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    params = params or ALSParams()
+    m = _check(positives)
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization,
+                                        alpha=params.alpha, iterations=params.iterations,
+                                        random_state=params.seed)
+    times: list[float] = []
+
+    def cb(it, elapsed, _loss):
+        times.append(elapsed)
+        if on_iteration:
+            on_iteration(it, elapsed)
+
+    # implicit runs its own threads; a multi-threaded BLAS underneath only oversubscribes the cores
+    with threadpool_limits(1, "blas"):
+        model.fit(m, show_progress=False, callback=cb)
+    return ALSModel(np.ascontiguousarray(model.user_factors, dtype=np.float32),
+                    np.ascontiguousarray(model.item_factors, dtype=np.float32), params,
+                    float(np.median(times)) if times else 0.0,
+                    np.zeros(m.shape[1], dtype=bool))
+
+
+def fold_in(item_factors: np.ndarray, rows: sp.spmatrix, params: ALSParams) -> np.ndarray:
+    """Exact ALS user step: x_u = (Y'Y + Y'(C_u - I)Y + reg I)^-1 Y' C_u p_u, C_u = alpha * w.
+
+    The same equation ``implicit`` solves for users during training, so a folded-in vector of a
+    training user equals the trained one up to the last half-iteration. Returns (n, f) float32.
+    """
+    rows = sp.csr_matrix(rows, dtype=np.float64)
+    y = item_factors.astype(np.float64)
+    f = y.shape[1]
+    base = y.T @ y + params.regularization * np.eye(f)
+    out = np.zeros((rows.shape[0], f), dtype=np.float32)
+    for u in range(rows.shape[0]):  # one f x f solve per user; the speed layer folds one at a time
+        lo, hi = rows.indptr[u], rows.indptr[u + 1]
+        if lo == hi:
+            continue
+        idx = rows.indices[lo:hi]
+        c = params.alpha * rows.data[lo:hi]
+        yi = y[idx]
+        a = base + (yi * (c - 1.0)[:, None]).T @ yi
+        b = yi.T @ c
+        out[u] = np.linalg.solve(a, b)
+    return out
+
+
+def content_vectors(item_factors: np.ndarray, trained: np.ndarray, attributes: sp.csr_matrix) -> np.ndarray:
+    """Vectors for untrained titles: the mean trained vector of titles sharing each attribute.
+
+    ``attributes`` is titles x attributes (0/1: genres, kind, region). An untrained title gets the
+    average, over its attributes, of the mean vector of trained titles having that attribute;
+    with no shared attribute it gets the mean of all trained vectors. Trained rows are kept.
+    """
+    out = item_factors.copy()
+    if trained.all() or not trained.any():
+        return out
+    a = sp.csr_matrix(attributes, dtype=np.float64)
+    at = a[trained]
+    sums = at.T @ item_factors[trained].astype(np.float64)  # attributes x f
+    counts = np.asarray(at.sum(axis=0)).ravel()
+    means = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
+    has = (counts > 0).astype(np.float64)
+    cold = np.flatnonzero(~trained)
+    ac = a[cold].multiply(has[None, :]).tocsr()
+    n_attr = np.asarray(ac.sum(axis=1)).ravel()
+    vec = np.asarray(ac @ means) / np.maximum(n_attr, 1)[:, None]
+    fallback = item_factors[trained].mean(axis=0)
+    vec[n_attr == 0] = fallback
+    out[cold] = vec.astype(np.float32)
+    return out
+
+
+# --- validation split and tuning -----------------------------------------------------------------
+def holdout_random(m: sp.spmatrix, frac: float, seed: int, min_keep: int = 1) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Split each user's entries at random: (kept, held). Users keep at least ``min_keep``."""
+    m = sp.csr_matrix(m)
+    m.sort_indices()
+    rng = np.random.default_rng(seed)
+    n_per = np.diff(m.indptr)
+    rows = np.repeat(np.arange(m.shape[0]), n_per)
+    order = np.lexsort((rng.random(m.nnz), rows))
+    rank = np.empty(m.nnz, dtype=np.int64)
+    rank[order] = np.arange(m.nnz) - np.repeat(m.indptr[:-1], n_per)
+    n_hold = np.minimum(np.round(n_per * frac).astype(np.int64), np.maximum(n_per - min_keep, 0))
+    held = rank < n_hold[rows]
+    return _mask(m, ~held), _mask(m, held)
+
+
+def holdout_by_time(m: sp.spmatrix, ts: sp.spmatrix, cutoff: float) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Split entries by their time (``ts`` aligned with ``m``): before ``cutoff`` and at/after it."""
+    m = sp.csr_matrix(m)
+    m.sort_indices()
+    t = sp.csr_matrix(ts)
+    t.sort_indices()
+    if t.nnz != m.nnz or not np.array_equal(t.indices, m.indices):
+        raise InvalidInput("timestamps are not aligned with the matrix", field="ts")
+    late = t.data >= cutoff
+    return _mask(m, ~late), _mask(m, late)
+
+
+def _mask(m: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    return sp.csr_matrix((m.data[keep], (rows[keep], m.indices[keep])), shape=m.shape, dtype=m.dtype)
+
+
+def topk_excluding(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k columns of each row of a dense score block, skipping ``exclude`` entries.
+
+    Returns (cols, scores), best first; rows with fewer than k allowed columns are padded with -1
+    and -inf.
+    """
+    s = np.array(scores, dtype=np.float32, copy=True)
+    if exclude is not None and exclude.nnz:
+        ex = sp.csr_matrix(exclude)
+        r = np.repeat(np.arange(ex.shape[0]), np.diff(ex.indptr))
+        s[r, ex.indices] = -np.inf
+    k = min(k, s.shape[1])
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    ps = np.take_along_axis(s, part, axis=1)
+    order = np.argsort(-ps, axis=1, kind="stable")
+    cols = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(ps, order, axis=1)
+    cols = np.where(np.isfinite(vals), cols, -1)
+    return cols, vals
+
+
+def ndcg_at_k(recs: np.ndarray, held: sp.csr_matrix, k: int = 10) -> float:
+    """Mean binary NDCG@k over users with at least one held-out entry (validation only)."""
+    held = sp.csr_matrix(held)
+    users = np.flatnonzero(np.diff(held.indptr) > 0)
+    if len(users) == 0:
+        return 0.0
+    r = recs[users, :k]
+    hits = np.asarray(held[users[:, None], np.maximum(r, 0)].todense()) > 0
+    hits &= r >= 0
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (hits * disc[: r.shape[1]]).sum(axis=1)
+    n_rel = np.minimum(np.diff(held.indptr)[users], k)
+    idcg = np.cumsum(disc)[n_rel - 1]
+    return float(np.mean(dcg / idcg))
+
+
+def recommend_als(model: ALSModel, users: np.ndarray, exclude: sp.csr_matrix, k: int,
+                  batch: int = 1024) -> np.ndarray:
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    for lo in range(0, len(users), batch):
+        u = users[lo: lo + batch]
+        cols, _ = topk_excluding(model.scores(u), exclude[u], k)
+        out[lo: lo + len(u), : cols.shape[1]] = cols
+    return out
+
+
+DEFAULT_GRID = {"regularization": (5.0, 20.0, 50.0), "alpha": (0.25, 0.5, 1.0), "iterations": (15,)}
+
+
+def tune_als(positives: sp.spmatrix, base: ALSParams | None = None, grid: dict | None = None,
+             frac: float = 0.2, seed: int = 42, k: int = 10,
+             progress: Callable[[], None] | None = None) -> tuple[ALSParams, list[dict]]:
+    """Pick regularisation, alpha and iterations by validation NDCG@k on a random holdout.
+
+    Returns the best parameters and every trial (params and NDCG), which training records in
+    the manifest.
+    """
+    base = base or ALSParams()
+    grid = grid or DEFAULT_GRID
+    train, held = holdout_random(positives, frac, seed)
+    users = np.flatnonzero(np.diff(held.indptr) > 0)
+    trials: list[dict] = []
+    best, best_score = base, -1.0
+    for p in _grid(base, grid):
+        t0 = time.perf_counter()
+        model = fit_als(train, p)
+        score = ndcg_at_k(_full(recommend_als(model, users, train, k), users, train.shape[0]), held, k)
+        trials.append({**p.as_dict(), "ndcg@%d" % k: round(score, 5),
+                       "seconds": round(time.perf_counter() - t0, 2)})
+        log.info("als trial", **trials[-1])
+        if score > best_score:
+            best, best_score = p, score
+        if progress:
+            progress()
+    return best, trials
+
+
+def grid_size(grid: dict | None = None) -> int:
+    g = grid or DEFAULT_GRID
+    return int(np.prod([len(v) for v in g.values()]))
+
+
+def _grid(base: ALSParams, grid: dict) -> Iterable[ALSParams]:
+    import itertools
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        d = base.as_dict()
+        d.update(dict(zip(keys, values)))
+        yield ALSParams(**d)
+
+
+def _full(recs: np.ndarray, users: np.ndarray, n: int) -> np.ndarray:
+    out = np.full((n, recs.shape[1]), -1, dtype=np.int64)
+    out[users] = recs
+    return out

@@ -1,0 +1,186 @@
+"""Stage 1 of the pipeline for one batch of users: run every recall source, merge, dedupe.
+
+Each source returns scored candidates tagged with its name (``SourceResult``); ``merge`` takes
+each source's top ``quota`` and unions them per user into at most ``max_candidates`` titles,
+keeping the titles best placed in any source when the union is larger. Everything is arrays over
+a batch of users: a user's state (``UserState``) is a row block, so the batch layer scores
+thousands of users per call and the speed layer scores one with the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from reelrec.recall.ann import ANNIndex
+from reelrec.recall.als import ALSParams, fold_in, topk_excluding
+from reelrec.recall.popular import TitleStats, genre_affinity, genre_pop_scores, new_scores, trending_scores
+
+SOURCES = ("ann", "ease", "covisit", "trending", "new", "genre_pop")
+DEFAULT_QUOTAS = {"ann": 100, "ease": 100, "covisit": 80, "trending": 20, "new": 10, "genre_pop": 30}
+
+
+@dataclass
+class Artifacts:
+    """The title side of a trained model: everything stage 1 and the ranker read."""
+
+    title_ids: np.ndarray
+    item_factors: np.ndarray  # (N, f) float32, content vectors for untrained titles
+    content: np.ndarray  # (N,) bool: vector came from content, not from training
+    als: ALSParams
+    ann: ANNIndex
+    covisit: sp.csr_matrix  # (N, N)
+    stats: TitleStats
+    ease: np.ndarray | None = None  # (N, N) float32, catalogs up to EASE_MAX_TITLES
+    ref_s: float = 0.0  # reference time (end of the training data), epoch seconds
+
+
+@dataclass
+class UserState:
+    """What the pipeline needs to know about a batch of users (rows aligned across fields)."""
+
+    positives: sp.csr_matrix  # (B, N) weights
+    ts: sp.csr_matrix | None  # (B, N) time of each positive, epoch seconds (aligned)
+    exclude: sp.csr_matrix  # (B, N) titles never to return
+    vectors: np.ndarray  # (B, f) ALS user vectors
+    region: np.ndarray  # (B,) row into stats.regions, -1 unknown
+    cluster: np.ndarray  # (B,) user cluster for the similar-users rates
+    device: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # share tv/mobile/tablet/web
+    hour: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # night/morning/afternoon/evening
+    search_genres: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (B, G)
+    events_week: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # activity last week
+
+    def __len__(self) -> int:
+        return self.positives.shape[0]
+
+    def take(self, rows: np.ndarray) -> "UserState":
+        def t(a):
+            if a is None:
+                return None
+            if sp.issparse(a):
+                return sp.csr_matrix(a)[rows]
+            return a[rows] if len(a) else a
+        return UserState(*(t(getattr(self, f)) for f in self.__dataclass_fields__))
+
+    def filled(self, n_genres: int) -> "UserState":
+        b = len(self)
+        if len(self.device) != b:
+            self.device = np.zeros((b, 4), np.float32)
+        if len(self.hour) != b:
+            self.hour = np.zeros((b, 4), np.float32)
+        if self.search_genres.shape != (b, n_genres):
+            self.search_genres = np.zeros((b, n_genres), np.float32)
+        if len(self.events_week) != b:
+            self.events_week = np.zeros(b, np.float32)
+        return self
+
+
+@dataclass
+class SourceResult:
+    name: str
+    cols: np.ndarray  # (B, k) title columns, -1 padded
+    scores: np.ndarray  # (B, k)
+
+
+@dataclass
+class Candidates:
+    cols: np.ndarray  # (B, C) title columns, -1 padded
+    rank: np.ndarray  # (B, C, S) rank of the title in each source (inf when absent)
+    sources: tuple[str, ...]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.cols >= 0
+
+
+def dense_scores(art: Artifacts, state: UserState, sources=SOURCES) -> dict[str, np.ndarray]:
+    """(B, N) score blocks of the sources that score every title cheaply."""
+    out: dict[str, np.ndarray] = {}
+    if "ease" in sources and art.ease is not None:
+        x = sp.csr_matrix(state.positives, dtype=np.float32)
+        x.data[:] = 1.0
+        out["ease"] = np.asarray(x @ art.ease, dtype=np.float32)
+    if "covisit" in sources:
+        from reelrec.recall.covisit import recent_seeds
+        seeds = recent_seeds(state.positives, state.ts)
+        out["covisit"] = np.asarray((seeds @ art.covisit).todense(), dtype=np.float32)
+    if "trending" in sources:
+        out["trending"] = trending_scores(art.stats, state.region)
+    if "new" in sources:
+        out["new"] = new_scores(art.stats, len(state))
+    if "genre_pop" in sources:
+        out["genre_pop"] = genre_pop_scores(genre_affinity(state.positives, art.stats.genres), art.stats)
+    return out
+
+
+def exclusion_block(art: Artifacts, state: UserState) -> sp.csr_matrix:
+    """The state's exclusions plus titles unavailable in each user's region."""
+    un = art.stats.unavailable
+    if un.nnz == 0:
+        return sp.csr_matrix(state.exclude)
+    rows = np.where(state.region >= 0, state.region, un.shape[0] - 1)
+    return sp.csr_matrix(state.exclude).maximum(sp.csr_matrix(un)[rows]).tocsr()
+
+
+def run_sources(art: Artifacts, state: UserState, quotas: dict[str, int],
+                dense: dict[str, np.ndarray] | None = None,
+                exclude: sp.csr_matrix | None = None) -> list[SourceResult]:
+    """Each source's top ``quota`` candidates for every user of the batch."""
+    exclude = exclusion_block(art, state) if exclude is None else exclude
+    dense = dense_scores(art, state, tuple(quotas)) if dense is None else dense
+    out = []
+    for name, q in quotas.items():
+        if q <= 0:
+            continue
+        if name == "ann":
+            cols, sc = art.ann.search(state.vectors, q, exclude)
+        elif name in dense:
+            s = dense[name]
+            if name == "covisit":  # no co-visitation with the seeds: not a candidate of this source
+                s = np.where(s > 0, s, -np.inf)
+            cols, sc = topk_excluding(s, exclude, q)
+        else:
+            continue
+        out.append(SourceResult(name, cols, sc))
+    return out
+
+
+def merge(results: list[SourceResult], max_candidates: int = 300) -> Candidates:
+    """Union per user, dedupe, keep the ``max_candidates`` best placed (by best rank in any source)."""
+    names = tuple(r.name for r in results)
+    b = results[0].cols.shape[0] if results else 0
+    if b == 0:
+        return Candidates(np.zeros((0, 0), np.int64), np.zeros((0, 0, len(names)), np.float32), names)
+    cols = np.concatenate([r.cols for r in results], axis=1)
+    src = np.concatenate([np.full(r.cols.shape[1], i) for i, r in enumerate(results)])
+    rnk = np.concatenate([np.arange(r.cols.shape[1]) for r in results]).astype(np.float32)
+    rows = np.repeat(np.arange(b), cols.shape[1])
+    flat = cols.ravel()
+    ok = flat >= 0
+    rows, flat = rows[ok], flat[ok]
+    src = np.tile(src, b)[ok]
+    rnk = np.tile(rnk, b)[ok]
+    n = np.int64(max(int(flat.max(initial=0)) + 1, 1))
+    keys, inv = np.unique(rows.astype(np.int64) * n + flat, return_inverse=True)
+    ranks = np.full((len(keys), len(names)), np.inf, dtype=np.float32)
+    ranks[inv, src] = rnk
+    p_rows, p_cols = keys // n, keys % n
+    best = ranks.min(axis=1)
+    order = np.lexsort((best, p_rows))
+    p_rows, p_cols, ranks = p_rows[order], p_cols[order], ranks[order]
+    first = np.searchsorted(p_rows, np.arange(b))
+    pos = np.arange(len(p_rows)) - first[p_rows]
+    keep = pos < max_candidates
+    width = int(min(max_candidates, pos[keep].max(initial=-1) + 1))
+    out_cols = np.full((b, width), -1, dtype=np.int64)
+    out_rank = np.full((b, width, len(names)), np.inf, dtype=np.float32)
+    out_cols[p_rows[keep], pos[keep]] = p_cols[keep]
+    out_rank[p_rows[keep], pos[keep]] = ranks[keep]
+    return Candidates(out_cols, out_rank, names)
+
+
+def user_vectors_for(art: Artifacts, positives: sp.csr_matrix) -> np.ndarray:
+    """Fold-in of each row of ``positives`` against the title vectors (new or changed users)."""
+    return fold_in(art.item_factors, positives, art.als)
