@@ -201,7 +201,7 @@ def test_homepage_renders_shelves_without_console_errors(site, page):
     assert page.text_content("#status-user") == site["user"]
     assert page.get_attribute("#mode", "data-mode") in ("personal", "cold_start", "fallback")
     # every poster is an SVG made in the page, with alt text
-    posters = page.eval_on_selector_all(".card img", "is => is.map(i => [i.src.slice(0, 19), i.alt])")
+    posters = page.eval_on_selector_all(".card img", "is => is.map(i => [i.src.slice(0, 18), i.alt])")
     assert posters and all(src == "data:image/svg+xml" and alt.startswith("Poster of ") for src, alt in posters)
     # explore / novel slots carry a badge; the reason shows on focus
     slots = page.eval_on_selector_all(".shelf[data-shelf='top-picks'] .card",
@@ -314,3 +314,38 @@ def test_dashboard_shows_figures(site, page):
     page.wait_for_selector("#models table")
     assert page.locator("#models tbody tr").count() >= 1
     assert not page.problems, page.problems
+
+
+def test_page_adherence_counts_genre_caps_kind_floors_and_slots():
+    from reelrec.compose import reasons as R
+    from reelrec.compose.config import ComposeConfig
+    from reelrec.compose.features import CatalogFeatures
+    from reelrec.compose.page import encode_page
+    from reelrec.compose.shelves import TOP_PICKS, ComposedPage, Shelf
+    from reelrec.serve.web import page_adherence
+
+    titles = [Title(f"c{i}", f"Crime {i}", "movie", ["crime"], runtime_min=90) for i in range(4)]
+    titles += [Title("s0", "Crime series", "series", ["crime"], episodes=2, episode_runtime_min=40),
+               Title("d0", "Nature doc", "documentary", ["nature"], runtime_min=50),
+               Title("d1", "Nature doc 2", "documentary", ["nature"], runtime_min=50)]
+    f = CatalogFeatures.from_catalog(Catalog.from_titles(titles))
+    cfg = ComposeConfig(page_size=4, genre_cap=2, kind_floor=1 / 3)  # 2 of 4; each kind >= 1 of 4
+
+    def blob(idx, slots):
+        n = len(idx)
+        top = Shelf(TOP_PICKS, np.asarray(idx, np.int64), slots=np.asarray(slots, np.uint8),
+                    reasons=np.full(n, R.POPULAR, np.uint8), reason_args=np.full(n, -1, np.int64),
+                    scores=np.linspace(1, 0, n))
+        page = ComposedPage("u", "personal", None, dt.datetime(2026, 11, 1, tzinfo=UTC), [top])
+        return encode_page(page, f)
+
+    ids = {t: i for i, t in enumerate(f.ids.tolist())}
+    over = blob([ids["c0"], ids["c1"], ids["c2"], ids["c3"]], [0, 1, 2, 0])  # 4 crime, all movies
+    fine = blob([ids["c0"], ids["s0"], ids["d0"], ids["d1"]], [0, 0, 0, 0])  # 2 crime, 2 nature
+    a = page_adherence(f, cfg, [over, fine])
+    assert a["pages"] == 2 and a["pages_over_genre_cap"] == 1
+    assert a["max_genre_count"] == {"2": 1, "4": 1}
+    assert a["kind_floor_held"] == 0.5
+    assert a["kind_share_mean"] == pytest.approx({"movie": 0.625, "series": 0.125, "documentary": 0.25})
+    assert a["slots_mean"] == {"exploit": 3.0, "explore": 0.5, "novel": 0.5}
+    assert page_adherence(f, cfg, [])["pages"] == 0

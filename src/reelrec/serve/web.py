@@ -354,3 +354,65 @@ def report_file(request: Request, report: str = Query(..., max_length=300),
     if folder is None or not (folder / name).is_file():
         raise NotFound(f"no file {name!r} in report {report!r}")
     return FileResponse(folder / name)
+
+
+# --- composition adherence over the precomputed pages ------------------------------------------
+ADHERENCE_SAMPLE = 1000
+
+
+def page_adherence(features, cfg, blobs: list[bytes]) -> dict:
+    """Genre-cap and kind-mix adherence of the Top picks of cached pages.
+
+    One sparse page x title matrix of the Top picks, multiplied by the titles' genre and kind
+    indicators, gives every page's per-genre and per-kind counts at once. The kind check is the
+    part of "each kind within one slot of the user's target" that holds for every user: no kind
+    below its floor share (``kind_floor``) by more than one slot, since every target is at least
+    the floor. The full per-user check needs each user's affinity and is done by
+    ``reelrec precompute`` when it writes the pages.
+    """
+    import scipy.sparse as sp
+
+    from reelrec.compose.mix import kind_bounds
+    from reelrec.compose.page import decode_page
+    from reelrec.compose.toppicks import SLOT_KINDS
+
+    tops, slots, modes = [], [], {}
+    for blob in blobs:
+        page = decode_page(blob, features)
+        modes[page.mode] = modes.get(page.mode, 0) + 1
+        top = page.top_picks
+        tops.append(np.asarray(top.titles, np.int64))
+        slots.append(np.asarray(top.slots if top.slots is not None else np.zeros(len(top.titles)), np.int64))
+    lengths = np.array([len(t) for t in tops], dtype=np.int64)
+    keep = lengths > 0
+    n_pages = int(keep.sum())
+    out: dict[str, Any] = {"pages": n_pages, "modes": modes, "genre_cap": cfg.genre_cap,
+                           "page_size": cfg.page_size, "kind_floor": cfg.kind_floor}
+    if not n_pages:
+        return out | {"pages_over_genre_cap": 0, "kind_floor_held": None, "max_genre_count": {},
+                      "kind_share_mean": {}, "slots_mean": {k: 0.0 for k in SLOT_KINDS}}
+    titles = np.concatenate([t for t in tops if len(t)])
+    rows = np.repeat(np.arange(n_pages), lengths[keep])
+    pages = sp.csr_matrix((np.ones(len(titles), np.float32), (rows, titles)),
+                          shape=(n_pages, len(features)))
+    per_genre = np.asarray((pages @ sp.csr_matrix(features.genre_multi_hot.astype(np.float32))).todense())
+    kind_hot = sp.csr_matrix((np.ones(len(features), np.float32),
+                              (np.arange(len(features)), np.clip(features.kind, 0, 2))),
+                             shape=(len(features), 3))
+    per_kind = np.asarray((pages @ kind_hot).todense())
+    n = lengths[keep].astype(np.float64)
+    caps = np.array([cfg.genre_cap_for(int(k)) for k in np.unique(n)], dtype=np.int64)
+    cap_of = dict(zip(np.unique(n).astype(int).tolist(), caps.tolist()))
+    cap = np.array([cap_of[int(k)] for k in n])
+    max_genre = per_genre.max(axis=1).astype(np.int64)
+    floor_lo = np.stack([kind_bounds(np.full(3, cfg.kind_floor * k))[0] for k in n])
+    kinds = ("movie", "series", "documentary")
+    slot_counts = np.bincount(np.concatenate(slots), minlength=len(SLOT_KINDS))
+    return out | {
+        "pages_over_genre_cap": int((max_genre > cap).sum()),
+        "max_genre_count": {str(int(k)): int(c) for k, c in zip(*np.unique(max_genre, return_counts=True))},
+        "kind_floor_held": float((per_kind >= floor_lo).all(axis=1).mean()),
+        "kind_share_mean": {k: float(v) for k, v in zip(kinds, (per_kind / n[:, None]).mean(axis=0))},
+        "slots_mean": {k: float(slot_counts[i]) / n_pages for i, k in enumerate(SLOT_KINDS)},
+        "top_picks_mean": float(n.mean()),
+    }

@@ -139,17 +139,21 @@ async function loadAdherence() {
       return;
     }
     const over = a.pages_over_genre_cap;
+    const modes = Object.entries(a.modes || {}).map(([k, v]) => `${fmt(v)} ${k.replace("_", " ")}`).join(", ");
     $("adherence").replaceChildren(
       el("div", { class: "grid" },
-        tile("Pages checked", fmt(a.pages), a.sampled ? `a sample of ${fmt(a.users)} users` : `model ${a.model_version || "–"}`),
+        tile("Pages checked", fmt(a.pages), `${a.sampled ? `a sample of ${fmt(a.users)} users` : "every user"}; ${modes}`),
         tile("Genre-cap violations", fmt(over), `pages with a genre in more than ${a.genre_cap} of ${a.page_size}`),
-        tile("Kind mix within one slot", a.kind_within_one_slot === null ? "–" : `${fmt(100 * a.kind_within_one_slot, 1)} %`, "of pages, against each user's target"),
-        tile("Explore / novel slots", `${fmt(a.slots_mean.explore, 2)} / ${fmt(a.slots_mean.novel, 2)}`, "mean per page")),
+        tile("Kind floor held", a.kind_floor_held === null ? "–" : `${fmt(100 * a.kind_floor_held, 1)} %`,
+          `pages where every kind is within one slot of its ${fmt(100 * a.kind_floor)} % floor`),
+        tile("Explore / novel slots", `${fmt(a.slots_mean.explore, 2)} / ${fmt(a.slots_mean.novel, 2)}`, "mean per page"),
+        a.precompute ? tile("Kind mix off target", fmt(a.precompute.kind_mix_off_by_more_than_one),
+          `of ${fmt(a.precompute.kind_mix_checked)} personal pages, by more than one slot (precompute)`) : null),
       el("div", { class: "cols" },
         el("div", {}, el("h3", { class: "small muted", text: "Mean kind share of Top picks" }), bars(a.kind_share_mean, (v) => `${fmt(100 * v, 1)} %`)),
-        el("div", {}, el("h3", { class: "small muted", text: "Pages by their most frequent genre's count" }), bars(a.max_genre_count, fmt))),
-      a.note ? el("p", { class: "small muted", text: a.note }) : "");
-    $("adherence").querySelector(".grid .tile:nth-child(2) .value").classList.add(over ? "bad-text" : "ok-text");
+        el("div", {}, el("h3", { class: "small muted", text: "Pages by the count of their most frequent genre" }), bars(Object.fromEntries(Object.entries(a.max_genre_count).map(([k, v]) => [`${k} of one genre`, v])), fmt))),
+      el("p", { class: "small muted", text: `Model ${a.model_version || "–"}. ${a.note || ""}` }));
+    $("adherence").querySelector("[data-figure='Genre-cap violations']").classList.add(over ? "bad-text" : "ok-text");
   } catch (err) {
     $("adherence").replaceChildren(el("p", { class: "muted", text: explain(err, "Adherence") }));
   }
