@@ -416,3 +416,41 @@ def page_adherence(features, cfg, blobs: list[bytes]) -> dict:
         "slots_mean": {k: float(slot_counts[i]) / n_pages for i, k in enumerate(SLOT_KINDS)},
         "top_picks_mean": float(n.mean()),
     }
+
+
+def _homepage_reader(request: Request):
+    """The app's ``HomepageReader`` (its cache and its model), wherever the API keeps it."""
+    from reelrec.homepage import HomepageReader
+    services = request.app.state.services
+    for holder in (services, request.app.state):
+        for name in ("homepage", "reader", "homepages", "pages"):
+            obj = getattr(holder, name, None)
+            if isinstance(obj, HomepageReader):
+                return obj
+    raise NotFound("this server has no homepage cache")
+
+
+@router.get("/v1/ui/adherence", tags=["ui"], responses={404: {"model": ErrorResponse}}, **scoped("read"))
+def adherence(request: Request) -> dict:
+    """Genre-cap and kind-mix adherence over the cached pages of up to ``ADHERENCE_SAMPLE`` users
+    (every ``k``-th user of the user table), read with one ``get_many``; recomputed when the
+    published version changes, and at most every 30 seconds otherwise, since the speed layer
+    rewrites pages."""
+    from reelrec.storage.cache import page_key
+    reader = _homepage_reader(request)
+    users = _users_table(request)
+    if users is None or users.num_rows == 0:
+        return {"pages": 0, "note": "no users yet"}
+    step = max(1, -(-users.num_rows // ADHERENCE_SAMPLE))
+    ids = users.column("user_id").take(pa.array(np.arange(0, users.num_rows, step))).to_pylist()
+    version = reader.cache.current_version()
+
+    def compute():
+        got = reader.cache.get_many([page_key(u) for u in ids])
+        if got.version is None:
+            return {"pages": 0, "note": "no pages precomputed yet (`reelrec precompute`)"}
+        model = reader.model(got.version)
+        out = page_adherence(model.features, model.cfg, [b for b in got.values if b is not None])
+        return out | {"model_version": got.version, "users": len(ids), "sampled": step > 1,
+                      "cached_pages": sum(b is not None for b in got.values)}
+    return _memo(request, "adherence").get((version, id(users), int(time.time() // 30)), compute)

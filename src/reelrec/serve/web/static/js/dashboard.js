@@ -9,6 +9,7 @@ const POLL_MS = 2000;
 const HISTORY = 60;
 const rates = [];
 let last = null;
+let servingVersion = null;
 
 function tile(label, value, hint, extra) {
   return el("div", { class: "tile" }, el("div", { class: "label", text: label }),
@@ -50,7 +51,7 @@ async function pollStats() {
       tile("Cache hit ratio", s.cache_hit_ratio === null ? "–" : `${fmt(100 * s.cache_hit_ratio, 1)} %`, `${fmt(s.cache_reads)} homepage cache reads`),
       tile("Homepage p50", ms(s.homepage_p50_ms), `${fmt(s.homepage_requests)} requests`),
       tile("Homepage p99", ms(s.homepage_p99_ms), "from the latency histogram"),
-      tile("Model version", s.model_version || "–", `${fmt(s.requests)} requests served`));
+      tile("Model version", s.model_version || servingVersion || "–", `${fmt(s.requests)} requests served`));
     $("live-at").textContent = `updated ${new Date(s.time * 1000).toLocaleTimeString()}`;
   } catch (err) {
     $("live").replaceChildren(el("p", { class: "muted", text: `Counters unavailable: ${err.message}` }));
@@ -68,7 +69,8 @@ function cell(v) {
 
 function table(rows, columns) {
   columns = columns || [...new Set(rows.flatMap((r) => Object.keys(r)))];
-  return el("table", {}, el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col", text: c })))),
+  const label = (c) => c.split(".").pop().replaceAll("_", " ");
+  return el("table", {}, el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col", title: c, text: label(c) })))),
     el("tbody", {}, rows.map((r) => el("tr", {}, columns.map((c) => el("td", { text: cell(r[c]) }))))));
 }
 
@@ -123,6 +125,7 @@ async function loadModels() {
     }
     const rows = list.map((m) => flatten(typeof m === "object" ? m : { version: m }));
     const current = serving || (rows.find((r) => r.current === "serving") || {}).version;
+    servingVersion = current || null;
     $("models").replaceChildren(
       current ? el("p", {}, "Serving ", el("strong", { text: cell(current) }), ` · ${rows.length} version${rows.length > 1 ? "s" : ""}`) : "",
       table(rows), history(rows));

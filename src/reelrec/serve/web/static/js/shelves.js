@@ -49,9 +49,10 @@ function card(item, shelf, index, row, onSelect) {
     "data-title": item.title_id, "data-slot": item.slot_kind || "exploit",
     onclick: () => onSelect && onSelect(item, shelf, index),
   },
-  el("img", { src: posterURL(item), alt: posterAlt(item), width: "200", height: "300", loading: index > 8 ? "lazy" : null }),
-  badge ? el("span", { class: `badge ${item.slot_kind}`, text: badge }) : null,
-  el("span", { class: "reason", id: reasonId, role: "tooltip" }, item.reason || "", score),
+  el("span", { class: "poster" },
+    el("img", { src: posterURL(item), alt: posterAlt(item), width: "200", height: "300", loading: index > 8 ? "lazy" : null }),
+    badge ? el("span", { class: `badge ${item.slot_kind}`, text: badge }) : null,
+    el("span", { class: "reason", id: reasonId, role: "tooltip" }, item.reason || "", score)),
   el("span", { class: "meta" },
     el("span", { class: "name", text: item.name }),
     el("span", { class: "sub", text: [kind, genres].filter(Boolean).join(" · ") })));
