@@ -13,7 +13,7 @@ let servingVersion = null;
 
 function tile(label, value, hint, extra) {
   return el("div", { class: "tile" }, el("div", { class: "label", text: label }),
-    el("div", { class: "value", "data-figure": label, text: value }), hint ? el("div", { class: "hint", text: hint }) : null, extra || null);
+    el("div", { class: String(value).length > 12 ? "value long" : "value", "data-figure": label, text: value }), hint ? el("div", { class: "hint", text: hint }) : null, extra || null);
 }
 
 function sparkline(values) {
