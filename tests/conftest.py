@@ -49,3 +49,20 @@ def small_catalog() -> Catalog:
 @pytest.fixture
 def now() -> dt.datetime:
     return dt.datetime(2026, 11, 1, 12, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A small simulated world, trained and precomputed once per test session: settings for it."""
+    from reelrec.batch.precompute import precompute
+    from reelrec.batch.train import train
+    from reelrec.config import load_settings
+    from reelrec.sim.world import SimConfig, simulate
+    from reelrec.storage.cache import open_cache
+    d = tmp_path_factory.mktemp("tiny-world")
+    s = load_settings(data_dir=d)
+    simulate(SimConfig(users=300, titles=150, days=4, seed=3, progress=False), s)
+    train(s)
+    with open_cache(s.cache) as c:
+        precompute(s, c)
+    return s

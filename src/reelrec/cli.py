@@ -398,11 +398,7 @@ def models_publish(version: str = typer.Argument(...), data: Optional[Path] = Da
 
 # --- homepages -----------------------------------------------------------------------------------
 def default_cache_url(s) -> str:
-    """The cache named by settings, or a memory cache snapshotted in the data directory so that
-    one command's pages are there for the next (embedded mode)."""
-    if s.cache_url and s.cache_url != "memory://":
-        return s.cache_url
-    return f"memory://{(s.data_dir.resolve() / 'cache' / 'pages.arrow').as_posix()}"
+    return s.cache
 
 
 @app.command()
@@ -483,6 +479,53 @@ def print_page(doc: dict) -> None:
             console.print(f"{i:>2}. {it['name']}  [dim]{it['kind']} · {', '.join(it['genres'])}[/dim] "
                           f"{badge.get(it['slot_kind'], '')}  [italic]{it['reason']}[/italic]",
                           highlight=False)
+
+
+# --- workers (ingest: the aggregator; the speed worker joins worker_app) -------------------------
+worker_app = typer.Typer(no_args_is_help=True,
+                         help="Long-running consumers of the event bus (distributed mode).")
+app.add_typer(worker_app, name="worker")
+
+
+@worker_app.command("aggregate")
+def worker_aggregate(
+    bus: Optional[str] = typer.Option(None, "--bus", help="event bus URL, e.g. kafka://host:9092 "
+                                                          "(default REELREC_BUS_URL)"),
+    data: Optional[Path] = DataOpt,
+    group: str = typer.Option("reelrec-aggregate", "--group", help="consumer group"),
+    max_batch: int = typer.Option(10_000, "--max-batch", min=1, max=1_000_000,
+                                  help="messages per Parquet file, at most"),
+    max_wait_s: float = typer.Option(1.0, "--max-wait-s", min=0.001,
+                                     help="longest wait to fill a batch after its first message"),
+    max_idle_s: Optional[float] = typer.Option(None, "--max-idle-s", min=0.0,
+                                               help="exit after this long with nothing to do "
+                                                    "(default: run until SIGTERM/SIGINT)"),
+    progress_every_s: float = typer.Option(10.0, "--progress-every-s", min=0.1),
+):
+    """Move events from the bus to the lake in micro-batches; commit only after the Parquet
+    file is durable. Stops cleanly on SIGTERM/SIGINT. Progress goes to the log (REELREC_LOG_LEVEL=INFO)."""
+    from reelrec.config import load_settings
+    from reelrec.service import bus_url_of
+    from reelrec.storage.bus import MemoryBus, open_bus
+    from reelrec.storage.lake import open_lake
+    from reelrec.workers import progress_logging, stop_on_signals
+    from reelrec.workers.aggregate import Aggregator, CatalogWatch
+    progress_logging()
+    s = load_settings(data_dir=data, bus_url=bus)
+    try:
+        b = open_bus(bus_url_of(s))
+        if isinstance(b, MemoryBus):
+            raise InvalidInput("an in-process bus is empty in a worker process of its own: in "
+                               "embedded mode the API writes the lake itself; give --bus "
+                               "kafka://host:port", field="bus")
+        agg = Aggregator(b, open_lake(s.lake), catalog=CatalogWatch(s.data_dir), group=group,
+                         max_batch=max_batch, max_wait_s=max_wait_s,
+                         future_tolerance_s=s.future_tolerance_s, progress_every_s=progress_every_s)
+        stats = agg.run(stop_on_signals(), max_idle_s=max_idle_s)
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"aggregated {stats.messages:,} messages: {stats.written:,} rows written, "
+                  f"{stats.dead_lettered:,} dead-lettered, {stats.batches:,} batches")
 
 
 def main() -> None:

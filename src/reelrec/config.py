@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, gt=0, description="larger request bodies get 413")
     max_batch: int = Field(1000, gt=0, le=100_000, description="events per POST /v1/events")
     bus_url: str = Field("memory://", description="event bus: memory:// or kafka://host:port")
+    publish_timeout_s: float = Field(5.0, gt=0, le=300,
+                                     description="longest wait for the bus to make events durable "
+                                                 "before POST /v1/events answers 503 (kafka:// "
+                                                 "?timeout_s= in bus_url overrides it)")
     cache_url: str = Field("memory://", description="homepage cache: memory://[/snapshot] or redis://")
     state_url: str = Field("memory://", description="online state: memory:// or redis://")
 
@@ -96,6 +100,14 @@ class Settings(BaseSettings):
     @property
     def lake(self) -> str:
         return self.lake_url or (self.data_dir.resolve() / "lake").as_uri()
+
+    @property
+    def cache(self) -> str:
+        """The homepage cache URL; plain ``memory://`` becomes a memory cache snapshotted in the data
+        directory, so pages one command precomputes are there for the next (embedded mode)."""
+        if self.cache_url != "memory://":
+            return self.cache_url
+        return f"memory://{(self.data_dir.resolve() / 'cache' / 'pages.arrow').as_posix()}"
 
     @property
     def catalog_dir(self) -> Path:

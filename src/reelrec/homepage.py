@@ -30,7 +30,7 @@ from reelrec.compose.coldstart import ColdStartPriors
 from reelrec.compose.config import ComposeConfig
 from reelrec.compose.features import SOURCE, Candidates, CatalogFeatures, UserProfile, affinities
 from reelrec.compose.page import Assembler, decode_page, decode_shared, encode_page, encode_shared
-from reelrec.compose.shelves import (ComposedPage, SharedShelf, build_shared_shelves, compose_fallback,
+from reelrec.compose.shelves import (SHARED_TYPES, ComposedPage, SharedShelf, shared_key, build_shared_shelves, compose_fallback,
                                      compose_page, shared_keys)
 from reelrec.config import Settings
 from reelrec.domain.catalog import Catalog
@@ -185,6 +185,7 @@ class ServingModel:
                 features, region, today=self.today,
                 trending=st.trend_region[i] if i is not None else st.trend_week,
                 popularity=st.pop_region[i] if i is not None else None, cfg=self.cfg))
+        self._unit: np.ndarray | None = None
         self.user_row = ({u: i for i, u in enumerate(pipeline.user_ids)}
                          if pipeline.user_ids is not None else {})
 
@@ -223,6 +224,28 @@ class ServingModel:
             out.append(Candidates.of(c[ok], s[ok], np.asarray(codes, np.uint8)))
         return out
 
+    def similar(self, title_id: str, k: int = 10) -> np.ndarray:
+        """Title columns nearest to ``title_id`` by cosine of title vectors (content vectors for
+        titles without interactions). Cosine, not inner product: the raw product favours
+        popular titles, whose vectors are long.
+
+        Raises:
+            NotFound: the model does not know the title.
+        """
+        ids = self.pipeline.art.title_ids
+        hit = np.flatnonzero(ids == title_id)
+        if not len(hit):
+            raise NotFound(f"title {title_id!r} is not in model version {self.version}")
+        if self._unit is None:
+            v = self.pipeline.art.item_factors.astype(np.float32)
+            self._unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+        i = int(hit[0])
+        sims = self._unit @ self._unit[i]
+        sims[i] = -np.inf
+        k = min(k, len(sims) - 1)
+        top = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)
+        return top[np.argsort(-sims[top], kind="stable")]
+
     # --- composing -------------------------------------------------------------------------
     def compose(self, profile: UserProfile, candidates: Candidates | None,
                 bandit: ThompsonBandit | None = None, rng: np.random.Generator | None = None,
@@ -249,10 +272,18 @@ class ServingModel:
         region_shared = {k: self.shared[k] for k in shared_keys(page.region) if k in self.shared}
         return self.assembler.document(page, self.version, region_shared)
 
-    def assemble(self, user_id: str, blob: bytes, shared: Mapping[str, bytes | None]) -> dict:
+    def assemble(self, user_id: str, blob: bytes, shared: Mapping[str, bytes | None],
+                 region: str | None = None) -> dict:
         """The Page document from a cached page and the shelves read with it (``shelf_key``
-        names); a shared shelf missing from the read falls back to this model's copy."""
+        names); a shared shelf missing from the read falls back to this model's copy. A request
+        ``region`` other than the page's brings that region's shared shelves (the personal shelves
+        stay until the speed layer recomposes the page)."""
         page = decode_page(blob, self.features, user_id)
+        if region and region != page.region:
+            page.region = region
+            for shelf in page.shelves:
+                if shelf.type in SHARED_TYPES:
+                    shelf.key = shared_key(shelf.type, region)
         region_shared: dict[str, SharedShelf] = {}
         for k in shared_keys(page.region):
             got = shared.get(shelf_key(k))
@@ -307,13 +338,20 @@ class HomepageReader:
                           error=str(exc))
         if self._models:
             return next(reversed(self._models.values()))
-        m = ServingModel.load(self.settings)  # the published model in the store
+        try:
+            m = ServingModel.load(self.settings)  # the published model in the store
+        except NotFound as exc:
+            from reelrec.errors import Unavailable
+            raise Unavailable(f"no model to serve yet: {exc}") from None
         self._models[m.version] = m
         return m
 
     def read(self, user_id: str, region: str | None = None, onboarding: tuple[str, ...] = (),
-             device: str | None = None, hour: int | None = None) -> dict:
-        """The Page document of ``user_id`` (``region``: where the request comes from)."""
+             device: str | None = None, hour: int | None = None, fresh: bool = False) -> dict:
+        """The Page document of ``user_id`` (``region``: where the request comes from).
+
+        ``fresh`` (after onboarding): a user without a personal page gets a cold-start page
+        composed now from ``onboarding`` rather than a cached one."""
         from reelrec.errors import Unavailable
         try:
             got = self.cache.get_many(read_keys(user_id, region))
@@ -325,6 +363,12 @@ class HomepageReader:
             return doc
         model = self.model(got.version)
         blob = got.values[0]
+        if blob is not None and fresh:
+            doc = model.assemble(user_id, blob, dict(zip(read_keys(user_id, region)[1:], got.values[1:])),
+                                 region)
+            if doc["mode"] == "personal":
+                return doc
+            blob = None
         if blob is None:
             self.on_read("miss")
             profile = UserProfile(user_id=user_id, region=region, onboarding_genres=onboarding,
@@ -332,4 +376,4 @@ class HomepageReader:
             return model.document(model.compose(profile, None))
         self.on_read("hit")
         shared = dict(zip(read_keys(user_id, region)[1:], got.values[1:]))
-        return model.assemble(user_id, blob, shared)
+        return model.assemble(user_id, blob, shared, region)

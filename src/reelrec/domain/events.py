@@ -45,6 +45,7 @@ NO_TITLE_TYPES = frozenset({"search", "onboarding", "profile"})
 SLOT_KINDS = ("exploit", "explore", "novel")
 MAX_QUERY_LEN = 500
 MAX_ID_LEN = 200
+MAX_POSITION = 2**31 - 1  # the lake stores int32
 
 EVENT_SCHEMA = pa.schema([
     pa.field("event_id", pa.string(), nullable=False),
@@ -244,8 +245,8 @@ def parse_event(rec: Any, *, titles: TitleLookup | None = None, now: dt.datetime
         if isinstance(position, bool) or not isinstance(position, int):
             errs.append(FieldError("position", f"must be an integer, got {type(position).__name__}"))
             position = None
-        elif position < 0:
-            errs.append(FieldError("position", "must not be negative"))
+        elif not 0 <= position <= MAX_POSITION:
+            errs.append(FieldError("position", f"must be between 0 and {MAX_POSITION}"))
             position = None
     slot_kind = rec.get("slot_kind")
     if slot_kind is not None and (not isinstance(slot_kind, str) or slot_kind not in SLOT_KINDS):
@@ -359,7 +360,7 @@ def event_json_schema() -> dict[str, Any]:
             "genres": {"type": "array", "minItems": 1, "maxItems": 10,
                        "items": {"type": "string", "minLength": 1}},
             "shelf_id": text,
-            "position": {"type": "integer", "minimum": 0},
+            "position": {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
             "slot_kind": {"type": "string", "enum": list(SLOT_KINDS)},
             "language": {"type": "string", "minLength": 1, "maxLength": 16},
         },

@@ -12,7 +12,8 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, StringConstraints
@@ -66,6 +67,45 @@ class TitleIn(BaseModel):
 
 class TitleOut(TitleIn):
     title_id: str
+
+
+class ItemOut(BaseModel):
+    title_id: str
+    name: str
+    kind: str
+    genres: list[str]
+    slot_kind: Literal["exploit", "explore", "novel"]
+    reason: str
+    score: float | None = None
+
+
+class ShelfOut(BaseModel):
+    id: str
+    title: str
+    items: list[ItemOut]
+
+
+class PageOut(BaseModel):
+    user_id: str
+    model_version: str
+    generated_at: str
+    mode: Literal["personal", "cold_start", "fallback"]
+    shelves: list[ShelfOut]
+
+
+Genre = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
+class OnboardingIn(BaseModel):
+    genres: list[Genre] = Field(..., min_length=3, max_length=5)
+    region: Code | None = None
+    device: Literal["tv", "mobile", "tablet", "web"] | None = None
+
+
+class UserIn(BaseModel):
+    region: Code | None = None
+    language: Code | None = None
+    device: Literal["tv", "mobile", "tablet", "web"] | None = None
 
 
 class Metrics:
@@ -207,7 +247,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorResponse}}, **scoped("public"))
     def readyz():
-        checks = {"lake": _check(lambda: services.lake.partitions())}
+        checks = {"lake": _check(lambda: services.lake.partitions()), "bus": _check(services.bus.ping)}
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
@@ -229,7 +269,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         accepted event is durable; rejected ones are listed by index with field and reason."""
         body = await _json_body(request)
         records = body if isinstance(body, list) else [body]
-        result = ingest_events(services, records)
+        # Off the event loop: a Kafka publish waits for the broker's acks (up to
+        # publish_timeout_s) and an embedded one fsyncs a Parquet file.
+        result = await run_in_threadpool(ingest_events, services, records)
         metrics.events.labels("accepted").inc(result.accepted)
         metrics.events.labels("rejected").inc(len({e.index for e in result.rejected}))
         payload = {"accepted": result.accepted, "rejected": [e.as_dict() for e in result.rejected]}
@@ -247,9 +289,98 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         title = upsert_title(services, Title(title_id=title_id, **body.model_dump()))
         return TitleOut(**title.__dict__)
 
+    # --- homepages and users --------------------------------------------------------------
+    from reelrec.storage.cache import open_cache
+    from reelrec.homepage import HomepageReader
+    app.state.cache = cache = open_cache(settings.cache)
+    app.state.reader = reader = HomepageReader(settings, cache,
+                                               on_read=lambda r: metrics.cache.labels(r).inc())
+    app.state.user_regions = _UserRegions(settings)
+
+    @app.get("/v1/users/{user_id}/homepage", tags=["homepage"], response_model=PageOut,
+             responses={503: {"model": ErrorResponse}}, **scoped("read"))
+    def get_homepage(user_id: Annotated[str, Path(min_length=1, max_length=200)],
+                     device: Literal["tv", "mobile", "tablet", "web"] | None = None,
+                     hour: Annotated[int | None, Query(ge=0, le=23)] = None,
+                     region: Annotated[str | None, Query(min_length=1, max_length=8)] = None):
+        """The user's page with one cache read; an unknown user gets the cold-start page for the
+        request's region, device and hour. ``mode`` says which it is."""
+        region = (region or app.state.user_regions.get(user_id) or "").upper() or None
+        doc = reader.read(user_id, region=region, device=device, hour=hour)
+        metrics.model_version.labels(doc["model_version"]).set(1)
+        return doc
+
+    @app.put("/v1/users/{user_id}", tags=["users"], status_code=202,
+             responses={422: {"model": ErrorResponse}}, **scoped("write"))
+    def put_user(user_id: Annotated[str, Path(min_length=1, max_length=200)], body: UserIn):
+        """Change a user's region, language or device. Travels on the bus as a ``profile`` event,
+        so the speed layer refreshes the page (a new region brings its shelves)."""
+        event = {"user_id": user_id, "type": "profile", "ts": time.time(),
+                 **{k: v for k, v in body.model_dump().items() if v is not None}}
+        result = ingest_events(services, [event])
+        if not result.accepted:
+            raise InvalidInput(result.rejected)
+        if body.region:
+            app.state.user_regions.set(user_id, body.region.upper())
+        return {"accepted": 1, "user_id": user_id}
+
+    @app.post("/v1/users/{user_id}/onboarding", tags=["users"], response_model=PageOut,
+              responses={422: {"model": ErrorResponse}}, **scoped("write"))
+    def onboarding(user_id: Annotated[str, Path(min_length=1, max_length=200)], body: OnboardingIn):
+        """Record 3-5 genre picks (an ``onboarding`` event) and return the new page at once."""
+        event = {"user_id": user_id, "type": "onboarding", "ts": time.time(),
+                 "genres": [g.lower() for g in body.genres]}
+        if body.region:
+            event["region"] = body.region.upper()
+            app.state.user_regions.set(user_id, body.region.upper())
+        if body.device:
+            event["device"] = body.device
+        result = ingest_events(services, [event])
+        if not result.accepted:
+            raise InvalidInput(result.rejected)
+        region = app.state.user_regions.get(user_id)
+        return reader.read(user_id, region=region, device=body.device,
+                           onboarding=tuple(g.lower() for g in body.genres), fresh=True)
+
+    @app.get("/v1/titles/{title_id}/similar", tags=["titles"], response_model=list[TitleOut],
+             responses={404: {"model": ErrorResponse}}, **scoped("read"))
+    def similar(title_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10):
+        """Titles closest to this one in the model's embedding space (content vectors for titles
+        the model has not seen interactions on)."""
+        model = reader.model()
+        ids = model.pipeline.art.title_ids
+        idx = model.similar(title_id, k)
+        return [TitleOut(**services.catalog.get(str(ids[i])).__dict__) for i in idx
+                if str(ids[i]) in services.catalog]
+
     from reelrec.serve.web import install_web  # here, not at the top: web imports ``scoped``
     install_web(app)
     return app
+
+
+class _UserRegions:
+    """Each user's region, from the users table and profile changes (embedded scale: in memory)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._map: dict[str, str] | None = None
+
+    def _load(self) -> dict[str, str]:
+        if self._map is None:
+            from reelrec.domain.users import load_users
+            try:
+                t = load_users(self.settings.data_dir).select(["user_id", "region"])
+                self._map = {u: r for u, r in zip(t.column("user_id").to_pylist(),
+                                                   t.column("region").to_pylist()) if r}
+            except NotFound:
+                self._map = {}
+        return self._map
+
+    def get(self, user_id: str) -> str | None:
+        return self._load().get(user_id)
+
+    def set(self, user_id: str, region: str) -> None:
+        self._load()[user_id] = region
 
 
 def _check(fn) -> str:

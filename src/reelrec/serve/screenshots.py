@@ -29,9 +29,8 @@ def build_world(data_dir: Path | str, users: int = 300, titles: int = 200, days:
     simulate(SimConfig(users=users, titles=titles, days=days, seed=seed, progress=False), settings)
     train(settings, PipelineConfig(als=ALSParams(factors=16, iterations=8), tune=False))
     from reelrec.batch.precompute import precompute
-    from reelrec.cli import default_cache_url
     from reelrec.storage.cache import open_cache
-    with open_cache(default_cache_url(settings)) as cache:
+    with open_cache(settings.cache) as cache:
         precompute(settings, cache)
     return settings
 

@@ -419,15 +419,11 @@ def page_adherence(features, cfg, blobs: list[bytes]) -> dict:
 
 
 def _homepage_reader(request: Request):
-    """The app's ``HomepageReader`` (its cache and its model), wherever the API keeps it."""
-    from reelrec.homepage import HomepageReader
-    services = request.app.state.services
-    for holder in (services, request.app.state):
-        for name in ("homepage", "reader", "homepages", "pages"):
-            obj = getattr(holder, name, None)
-            if isinstance(obj, HomepageReader):
-                return obj
-    raise NotFound("this server has no homepage cache")
+    """The app's ``HomepageReader``: its cache and its model (``create_app`` sets it)."""
+    reader = getattr(request.app.state, "reader", None)
+    if reader is None:
+        raise NotFound("this server has no homepage cache")
+    return reader
 
 
 @router.get("/v1/ui/adherence", tags=["ui"], responses={404: {"model": ErrorResponse}}, **scoped("read"))

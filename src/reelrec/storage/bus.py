@@ -230,13 +230,17 @@ class MemoryBus(EventBus):
     group's committed offsets, so messages nobody committed are delivered again. Messages every
     group of a topic has committed are dropped (as Kafka's retention would), so a long-running
     embedded server does not grow without bound; a group that appears later starts at the
-    earliest message kept.
+    earliest message kept. ``retention`` caps the messages kept per partition whether or not
+    they were committed (Kafka's size-based retention): a bus that nobody consumes, such as the
+    embedded API's before a speed layer runs, stays bounded; a consumer that falls behind the
+    cap skips ahead to the earliest message kept.
     """
 
     _TRIM_EVERY = 1024  # trim a partition once this many committed messages are behind everyone
 
-    def __init__(self, *, topic: str = DEFAULT_TOPIC, partitions: int = 4):
-        self.topic, self.partitions = topic, partitions
+    def __init__(self, *, topic: str = DEFAULT_TOPIC, partitions: int = 4,
+                 retention: int = 250_000):
+        self.topic, self.partitions, self.retention = topic, partitions, retention
         self.dead_letter_topic = dead_letter_topic_of(topic)
         self._logs: dict[str, list[_Partition]] = {}
         self._groups: dict[str, _Group] = collections.defaultdict(_Group)
@@ -272,6 +276,11 @@ class MemoryBus(EventBus):
             for key, value in encoded:
                 idx = zlib.crc32(key.encode()) % len(log_)
                 log_[idx].msgs.append(Message(topic, idx, log_[idx].end, key, value, hdrs, now))
+            for part in log_:
+                over = len(part.msgs) - self.retention
+                if over >= self._TRIM_EVERY:  # drop in chunks: one list shift per 1,024 messages
+                    del part.msgs[:over]
+                    part.base += over
             self._cond.notify_all()
         return len(encoded)
 
@@ -364,7 +373,7 @@ class MemoryConsumer(Consumer):
 
 _NAMED: dict[str, MemoryBus] = {}
 _NAMED_LOCK = threading.Lock()
-_OPTIONS = {"topic", "partitions", "session_timeout_ms", "timeout_s", "replication"}
+_OPTIONS = {"topic", "partitions", "session_timeout_ms", "timeout_s", "replication", "retention"}
 
 
 def open_bus(url: str = "memory://") -> EventBus:
@@ -378,7 +387,8 @@ def open_bus(url: str = "memory://") -> EventBus:
       (``security.protocol=SSL``).
 
     Both take ``topic`` (``reelrec.events``; the dead-letter topic is ``<topic>.dead-letter``)
-    and ``partitions`` (memory 4, Kafka 6; used when the topic is created).
+    and ``partitions`` (memory 4, Kafka 6; used when the topic is created); ``memory://`` also
+    takes ``retention`` (messages kept per partition, 250000).
     Raises ``InvalidInput`` for an unknown scheme or bad option; opening does not connect.
     """
     p = parse_url(url, _OPTIONS, role="bus")
@@ -387,15 +397,17 @@ def open_bus(url: str = "memory://") -> EventBus:
         raise InvalidInput(f"not a valid topic name: {topic!r}", field="bus_url.topic")
     pos = dict(check=lambda x: x > 0, rule="> 0", role="bus")
     if p.scheme == "memory":
-        unknown_options({**p.options, **p.driver_options}, {"topic", "partitions"}, role="bus")
+        unknown_options({**p.options, **p.driver_options}, {"topic", "partitions", "retention"},
+                        role="bus")
         parts = option(p.options, "partitions", int, 4, **pos)
+        retention = option(p.options, "retention", int, 250_000, **pos)
         name = (p.netloc + p.path).strip("/")
         if not name:
-            return MemoryBus(topic=topic, partitions=parts)
+            return MemoryBus(topic=topic, partitions=parts, retention=retention)
         with _NAMED_LOCK:
             bus = _NAMED.get(name)
             if bus is None:
-                bus = _NAMED[name] = MemoryBus(topic=topic, partitions=parts)
+                bus = _NAMED[name] = MemoryBus(topic=topic, partitions=parts, retention=retention)
             return bus
     if p.scheme == "kafka":
         from reelrec.storage.bus_kafka import KafkaBus

@@ -100,10 +100,32 @@ class KafkaBus(EventBus):
                         "partitioner": "murmur2_random",
                         "linger.ms": 5,
                         "message.timeout.ms": int(self.timeout_s * 1000),
+                        "error_cb": self._on_producer_error,
                     })
                 except KafkaException as exc:
                     raise _config_error(exc) from None
             return self._producer
+
+    def _on_producer_error(self, err) -> None:
+        if err.fatal():
+            log.error("kafka producer failed fatally; the next publish starts a new one",
+                      error=str(err))
+
+    def _retire(self, producer: Producer, topic: str) -> None:
+        """After a failed publish, start the next one afresh: a new producer (an idempotent
+        producer whose id or epoch the broker no longer knows, e.g. after a restart or a
+        timed-out batch, never delivers again) and a new look at the topic (a broker that lost
+        it gets it back with our partition count). What the old producer still holds is purged:
+        those events were answered as not durable."""
+        with self._lock:
+            if self._producer is producer:
+                self._producer = None
+            self._ready_topics.discard(topic)
+        try:
+            producer.purge()
+            producer.flush(0)
+        except (KafkaException, SystemError, RuntimeError):
+            pass
 
     def publish(self, events, *, keys=None, topic=None, headers=None):
         topic = topic or self.topic
@@ -119,16 +141,24 @@ class KafkaBus(EventBus):
             if err is not None:
                 failures.append(str(err))
 
-        for key, value in encoded:
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, headers=hdrs, on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: let deliveries drain, then retry
-                    producer.poll(0.05)
-                except KafkaException as exc:
-                    raise Unavailable(f"kafka produce to {topic} failed: {exc}") from exc
-        left = producer.flush(self.timeout_s)
+        try:
+            for key, value in encoded:
+                while True:
+                    try:
+                        producer.produce(topic, value=value, key=key, headers=hdrs,
+                                         on_delivery=on_delivery)
+                        break
+                    except BufferError:  # local queue full: let deliveries drain, then retry
+                        producer.poll(0.05)
+            left = producer.flush(self.timeout_s)
+        # confluent-kafka surfaces an error raised inside a callback as SystemError
+        except (KafkaException, SystemError) as exc:
+            cause = exc.__cause__ if isinstance(exc, SystemError) and exc.__cause__ else exc
+            self._retire(producer, topic)
+            raise Unavailable(f"kafka producer at {self.bootstrap} failed: {cause}; "
+                              f"{len(encoded)} events not durable") from cause
+        if left or failures:
+            self._retire(producer, topic)
         if left:
             raise Unavailable(f"{left} of {len(encoded)} events not acknowledged by kafka at "
                               f"{self.bootstrap} within {self.timeout_s} s")

@@ -18,6 +18,7 @@ DuckDB reads the same files directly::
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -123,15 +124,19 @@ class ParquetLake:
         return f"{self.root}/date=*/*.parquet"
 
     # --- write ---------------------------------------------------------------------------
-    def _write_file(self, table: pa.Table, day: dt.date) -> str:
+    def _write_file(self, table: pa.Table, day: dt.date, sync: bool = False) -> str:
         d = self._partition_dir(day)
-        self.fs.create_dir(d, recursive=True)
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = f"{d}/.tmp-{name}"
         try:
+            self.fs.create_dir(d, recursive=True)
             with self.fs.open_output_stream(tmp) as out:
                 pq.write_table(table, out, compression="zstd")
+            if sync:
+                _fsync_local(self.fs, tmp)
             self.fs.move(tmp, f"{d}/{name}")
+            if sync:
+                _fsync_local(self.fs, d)
         except OSError as exc:
             try:
                 self.fs.delete_file(tmp)
@@ -140,8 +145,12 @@ class ParquetLake:
             raise Unavailable(f"lake write to {d} failed: {exc}") from exc
         return f"{d}/{name}"
 
-    def append(self, table: pa.Table) -> int:
+    def append(self, table: pa.Table, sync: bool = False) -> int:
         """Append events (lake schema); one file per event date. Returns rows written.
+
+        With ``sync`` each file (and its directory entry) is flushed to stable storage before
+        this returns, so a caller may acknowledge the events (a 202, a bus commit) and survive a
+        power loss, not only a killed process.
 
         Raises:
             InvalidInput: the table lacks a required column or has an unknown one.
@@ -153,10 +162,10 @@ class ParquetLake:
         days = pc.cast(table.column("ts"), pa.date32())
         uniq = pc.unique(days)
         if len(uniq) == 1:
-            self._write_file(table, uniq[0].as_py())
+            self._write_file(table, uniq[0].as_py(), sync)
         else:
             for day in uniq.to_pylist():
-                self._write_file(table.filter(pc.equal(days, pa.scalar(day, pa.date32()))), day)
+                self._write_file(table.filter(pc.equal(days, pa.scalar(day, pa.date32()))), day, sync)
         return table.num_rows
 
     # --- read ----------------------------------------------------------------------------
@@ -242,6 +251,18 @@ class ParquetLake:
             "by_type": dict(sorted((r["type"], r["type_count"]) for r in by_type)),
             "by_date": dict(sorted((r["d"].isoformat(), r["d_count"]) for r in by_date)),
         }
+
+
+def _fsync_local(fs: pafs.FileSystem, path: str) -> None:
+    """fsync a file or directory on a local filesystem; object stores are durable once a write
+    completes, so there is nothing to do for them."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_lake(url: str | Path) -> ParquetLake:

@@ -52,10 +52,9 @@ async function submit() {
   onboarded = true;
   updatePicked();
   try {
-    const doc = await sendJSON("POST", `/v1/users/${encodeURIComponent(user)}/onboarding`, { genres: picks });
     const ctx = getContext();
-    // the onboarding answer is the page for the user's defaults; a chosen context reads it again
-    live.show(ctx.device || ctx.hour || ctx.region ? await homepage(user, ctx) : doc);
+    const body = { genres: picks, region: ctx.region || undefined, device: ctx.device || undefined };
+    live.show(await sendJSON("POST", `/v1/users/${encodeURIComponent(user)}/onboarding`, body));
     notice($("notice"), `Your first page, from ${picks.map(label).join(", ")}. Open a title to watch it; after two or three watches the page turns personal.`);
     document.querySelector("#shelves .card[tabindex='0']")?.focus();
   } catch (err) {
