@@ -259,7 +259,7 @@ def test_watching_a_title_updates_the_page(site, page):
     watched = top_picks(page)[0]
     page.locator(".shelf[data-shelf='top-picks'] .card").first.click()
     page.click("dialog [data-action='complete']")
-    page.wait_for_selector("#update[data-state='done']", timeout=15_000)
+    page.wait_for_selector("#update[data-state='done']", timeout=20_000)
     assert re.match(r"Page updated \d+\.\d\d s after", page.text_content("#update"))
     assert page.get_attribute("#generated", "data-generated") != before
     assert watched not in top_picks(page)  # a finished title leaves Top picks
@@ -281,7 +281,7 @@ def test_onboarding_leads_to_a_page_that_turns_personal(site, page):
             break
         page.locator(".shelf[data-shelf='top-picks'] .card").first.click()
         page.click("dialog [data-action='complete']")
-        page.wait_for_selector("#update[data-state='done'], #update[data-state='failed']", timeout=15_000)
+        page.wait_for_selector("#update[data-state='done'], #update[data-state='failed']", timeout=20_000)
         assert page.get_attribute("#update", "data-state") == "done", page.text_content("#update")
     assert page.get_attribute("#mode", "data-mode") == "personal"
     assert "personal now" in page.text_content("#notice")

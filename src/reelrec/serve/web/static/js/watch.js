@@ -6,7 +6,7 @@ import { el, getJSON, homepage, newId, postEvents } from "./api.js";
 import { posterAlt, posterURL } from "./poster.js";
 
 export const POLL_MS = 250;
-export const POLL_LIMIT_MS = 5000;
+export const POLL_LIMIT_MS = 10000;  // generous: a busy machine may be slower than the speed layer's 1 s bar
 const ABANDON_S = 300;
 
 async function runtimeSeconds(titleId) {
