@@ -55,7 +55,7 @@ def capture(base: str, out: Path, browser, user: str) -> list[Path]:
     page.wait_for_selector(".shelf[data-shelf='top-picks'] .card")
     page.click(".shelf[data-shelf='top-picks'] li:nth-child(2) .card")
     page.click("dialog [data-action='complete']")
-    page.wait_for_selector("#update[data-state='done']", timeout=20_000)
+    page.wait_for_selector("#update[data-state='done'], #update[data-state='failed']", timeout=20_000)
     page.focus(".shelf[data-shelf='top-picks'] li:nth-child(3) .card")
     page.mouse.move(0, 0)
     page.screenshot(path=out / "homepage.png")
