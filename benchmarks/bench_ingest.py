@@ -83,7 +83,8 @@ def events(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         k = (i * 7 + seed) % 10
         base = {"event_id": f"{seed}-{i}", "user_id": f"u{(i * 31 + seed) % 50_000}",
-                "ts": f"2026-11-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.{i % 1000:03d}000Z",
+                "ts": f"2026-11-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}"
+                      f".{i % 1000:03d}000Z",
                 "device": ("tv", "mobile", "web")[i % 3], "region": ("IN", "US", "GB")[i % 3]}
         if k < 5:
             base.update(type="progress", title_id=f"t{i % TITLES}", position_s=float(i % 5000),
@@ -205,7 +206,8 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     args.max_batch = args.max_batch or min(20_000, max(1, n // 10))
 
-    say(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    say(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, "
         f"load average {os.getloadavg()[0]:.1f}")
     tansu = None
     kafka = args.kafka
@@ -217,7 +219,8 @@ def main() -> None:
     try:
         cat = catalog()
         api_events = events(n_api * 1000, seed=1)
-        bodies = [json.dumps(api_events[i:i + 1000]).encode() for i in range(0, len(api_events), 1000)]
+        bodies = [json.dumps(api_events[i:i + 1000]).encode()
+                  for i in range(0, len(api_events), 1000)]
         for r in range(repeats):
             say(f"-- repeat {r + 1}/{repeats}")
             t0 = time.perf_counter()
@@ -253,7 +256,8 @@ def main() -> None:
             say(f"aggregator kafka: {eps:,.0f} events/s")
             kbus.close()
 
-            msgs = [Message("t", 0, i, e["user_id"], json.dumps(e).encode()) for i, e in enumerate(evs)]
+            msgs = [Message("t", 0, i, e["user_id"], json.dumps(e).encode())
+                    for i, e in enumerate(evs)]
             sample = msgs[:min(n, 50_000)]
             results.setdefault("baseline: exact validation (json.loads + parse_event)", []).append(
                 baseline_exact(sample, cat))

@@ -84,7 +84,8 @@ BASES = [
      "position": 3, "slot_kind": "explore", "ts": "2026-11-01T10:00:00.250000Z"},
     {"event_id": "r", "user_id": "u", "type": "rating", "title_id": "m1", "rating": 4.5,
      "ts": "2026-11-01T10:00:00Z"},
-    {"event_id": "q", "user_id": "u", "type": "search", "query": "heist films", "ts": "2026-11-01T11:00:00Z"},
+    {"event_id": "q", "user_id": "u", "type": "search", "query": "heist films",
+     "ts": "2026-11-01T11:00:00Z"},
     {"event_id": "o", "user_id": "u", "type": "onboarding", "genres": ["crime", "sci-fi"],
      "ts": "2026-11-01T11:00:00Z", "device": "mobile"},
     {"event_id": "p", "user_id": "u", "type": "profile", "region": "GB", "language": "en",
@@ -153,7 +154,8 @@ def test_fast_pass_never_accepts_what_parse_event_rejects(batch):
     # and the whole check keeps exactly the events parse_event keeps, in order
     want = [e for e in (exact(r, i) for i, r in enumerate(batch)) if e is not None]
     checked = check_messages(msgs(batch), titles=CATALOG, now=NOW)
-    assert checked.table.equals(events_to_table(want) if want else checked.table.schema.empty_table())
+    assert checked.table.equals(events_to_table(want) if want else
+                                checked.table.schema.empty_table())
     assert len(checked.rejected) == len(batch) - len(want)
 
 
@@ -194,7 +196,8 @@ def test_title_withdrawn_after_acceptance_goes_to_dead_letter_with_reason(bus, t
     with bus.consumer("dl-reader", topic=bus.dead_letter_topic) as c:
         [dead] = c.poll(timeout=1)
     assert dead.json()["event_id"] == "e2"
-    assert "unknown title 's1'" in dead.headers["reason"] and dead.headers["source_topic"] == bus.topic
+    assert "unknown title 's1'" in dead.headers["reason"]
+    assert dead.headers["source_topic"] == bus.topic
     agg.close()
 
 

@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
 from fixtures_servers import _wait_port, free_port
 from reelrec.storage.bus import open_bus
@@ -120,7 +119,8 @@ def test_kill_9_of_the_embedded_server_loses_no_acknowledged_event(tmp_path):
         _wait_port(port, server, "reelrec serve", deadline_s=60)
         with httpx.Client(timeout=30) as client:
             stop = threading.Event()
-            sender = threading.Thread(target=post_all, args=(client, list(range(len(batches))), stop))
+            sender = threading.Thread(target=post_all,
+                                      args=(client, list(range(len(batches))), stop))
             sender.start()
             wait_for(lambda: len(acked) >= 5, 60, "some acknowledged batches", server)
             server.send_signal(signal.SIGKILL)
@@ -148,7 +148,8 @@ def test_kill_9_of_the_embedded_server_loses_no_acknowledged_event(tmp_path):
     assert len(ids) == n and len(set(ids)) == n
 
 
-def test_full_disk_under_the_worker_is_a_clear_error_and_nothing_is_committed(kafka_server, tmp_path):
+def test_full_disk_under_the_worker_is_a_clear_error_and_nothing_is_committed(kafka_server,
+                                                                               tmp_path):
     from confluent_kafka import Consumer, TopicPartition
     from test_aggregate import fill, tiny_filesystem
 

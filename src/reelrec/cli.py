@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from reelrec.errors import InvalidInput, NotFound, ReelrecError
@@ -42,7 +43,8 @@ def settings_for(data: Optional[Path]):
 
 
 def fail(exc: ReelrecError) -> None:
-    err_console.print(f"[red]error:[/red] {exc}")
+    # messages quote user data ("f.csv:stars: ..."): no markup or :emoji: codes inside them
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}", emoji=False)
     raise typer.Exit(2)
 
 
@@ -528,16 +530,43 @@ def worker_aggregate(
                   f"{stats.dead_lettered:,} dead-lettered, {stats.batches:,} batches")
 
 
+@worker_app.command("speed")
+def worker_speed(bus: Optional[str] = typer.Option(None, help="event bus URL (kafka://host:port)"),
+                 cache: Optional[str] = typer.Option(None, help="homepage cache URL"),
+                 state: Optional[str] = typer.Option(None, help="online state URL"),
+                 data: Optional[Path] = DataOpt,
+                 group: str = typer.Option("speed", help="consumer group"),
+                 max_batch: int = typer.Option(500, min=1, help="events per micro-batch at most")):
+    """Apply events to the online state and rewrite each touched user's page in the cache."""
+    from reelrec.speed.layer import SpeedLayer
+    from reelrec.speed.worker import run_speed
+    from reelrec.storage.bus import open_bus
+    from reelrec.storage.cache import open_cache
+    from reelrec.storage.state import open_state
+    from reelrec.workers import progress_logging, stop_on_signals
+    s = load_settings_for_worker(data, bus_url=bus, cache_url=cache, state_url=state)
+    progress_logging()
+    stop = stop_on_signals()
+    with open_bus(s.bus_url) as b, open_cache(s.cache) as c, open_state(s.state_url) as st:
+        stats = run_speed(SpeedLayer(s, c, st), b, stop, group=group, max_batch=max_batch)
+    console.print(f"speed worker stopped: {stats.events:,} events, {stats.pages:,} pages rewritten")
+
+
+def load_settings_for_worker(data, **urls):
+    from reelrec.config import load_settings
+    return load_settings(data_dir=data, **urls)
+
+
 def main() -> None:
     from reelrec.log import setup_logging
     setup_logging()
     try:
         app()
     except InvalidInput as exc:
-        err_console.print(f"[red]invalid input:[/red] {exc}")
+        err_console.print(f"[red]invalid input:[/red] {escape(str(exc))}", emoji=False)
         sys.exit(2)
     except ReelrecError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", emoji=False)
         sys.exit(2)
 
 

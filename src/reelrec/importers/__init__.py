@@ -7,6 +7,13 @@ from dataclasses import dataclass
 
 @dataclass
 class ImportSummary:
+    """What an import read (events, users, titles in the source) and how many events were new.
+
+    ``appended`` is smaller than ``events`` when the lake already held some of them (a
+    re-import): event ids are deterministic, so those are not written again.
+    """
+
     events: int
     users: int
     titles: int
+    appended: int | None = None

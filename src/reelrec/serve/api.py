@@ -171,8 +171,14 @@ async def _json_body(request: Request) -> Any:
         raise _HTTPError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
 
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
-    """Build the API for ``settings`` (defaults: embedded backends under ./reelrec-data)."""
+def create_app(settings: Settings | None = None, services: Services | None = None,
+               speed_layer: bool | None = None) -> FastAPI:
+    """Build the API for ``settings`` (defaults: embedded backends under ./reelrec-data).
+
+    ``speed_layer`` runs the speed layer in this process on the app's own bus, state and cache
+    (while the app runs: its lifespan starts and stops the thread). By default it runs when the
+    bus is in-process (embedded mode); with Kafka it is a worker process of its own.
+    """
     settings = settings or load_settings()
     services = services or Services(settings)
     common = {400: {"model": ErrorResponse, "description": "malformed request body"},
@@ -180,7 +186,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     if settings.api_keys:
         common |= {401: {"model": ErrorResponse, "description": "no valid API key"},
                    403: {"model": ErrorResponse, "description": "the key lacks the route's scope"}}
-    app = FastAPI(title="reelrec", version=__version__, responses=common,
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker = app.state.speed_worker
+        if worker is not None:
+            worker.start()
+        yield
+        if worker is not None:
+            worker.stop()
+
+    app = FastAPI(title="reelrec", version=__version__, responses=common, lifespan=lifespan,
                   description="Homepages for a streaming catalog: events in, pages out.")
     app.state.settings = settings
     app.state.services = services
@@ -296,6 +313,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.reader = reader = HomepageReader(settings, cache,
                                                on_read=lambda r: metrics.cache.labels(r).inc())
     app.state.user_regions = _UserRegions(settings)
+    if speed_layer is None:
+        speed_layer = services.embedded
+    app.state.speed_worker = _SpeedThread(settings, services, cache, reader, metrics) if speed_layer else None
 
     @app.get("/v1/users/{user_id}/homepage", tags=["homepage"], response_model=PageOut,
              responses={503: {"model": ErrorResponse}}, **scoped("read"))
@@ -356,6 +376,40 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     from reelrec.serve.web import install_web  # here, not at the top: web imports ``scoped``
     install_web(app)
     return app
+
+
+class _SpeedThread:
+    """The speed layer on a thread of the API process (embedded mode)."""
+
+    def __init__(self, settings: Settings, services: Services, cache, reader, metrics: Metrics):
+        self.settings, self.services, self.cache, self.reader, self.metrics = (
+            settings, services, cache, reader, metrics)
+        self._stop = None
+        self._thread = None
+        self.last = None  # the last batch's ApplyResult (tests and the dashboard read it)
+
+    def start(self) -> None:
+        import threading
+        from reelrec.speed.layer import SpeedLayer
+        from reelrec.speed.worker import run_speed
+        from reelrec.storage.state import open_state
+        self._stop = threading.Event()
+        self.state = open_state(self.settings.state_url)
+        layer = SpeedLayer(self.settings, self.cache, self.state, reader=self.reader)
+
+        def on_batch(res):
+            self.last = res
+            if res.lag_s:
+                self.metrics.speed_lag.set(max(res.lag_s))
+
+        self._thread = threading.Thread(target=run_speed, args=(layer, self.services.bus, self._stop),
+                                        kwargs={"on_batch": on_batch}, name="speed-layer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
 
 
 class _UserRegions:

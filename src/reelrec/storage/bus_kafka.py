@@ -221,7 +221,9 @@ class KafkaConsumer(Consumer):
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka consumer error", error=str(err))
             return None
-        headers = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in (m.headers() or [])}
+        raw_headers = m.headers()  # None for nearly every event: skip building a dict from it
+        headers = {k: (v.decode() if isinstance(v, bytes) else str(v))
+                   for k, v in raw_headers} if raw_headers else {}
         key = m.key()
         return Message(m.topic(), m.partition(), m.offset(),
                        None if key is None else key.decode(), m.value() or b"", headers,

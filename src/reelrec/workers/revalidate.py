@@ -45,7 +45,8 @@ WIRE_SCHEMA = pa.schema([
     for f in EVENT_SCHEMA
 ])
 # Shapes the fast pass vouches for; anything else is left to parse_event.
-TS_RE = r"^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3}|\.[0-9]{6})?Z$"
+TS_RE = (r"^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}"
+         r"T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3}|\.[0-9]{6})?Z$")
 REGION_RE = r"^[A-Z0-9][A-Z0-9-]{0,7}$"
 GENRE_RE = r"^[a-z0-9]([a-z0-9 &'-]*[a-z0-9])?$"
 QUERY_RE = r"[A-Za-z0-9]"  # certainly not blank, whatever each library calls whitespace
@@ -150,7 +151,8 @@ def fast_mask(wire: pa.Table, *, titles: Catalog | None, now: dt.datetime,
         known = _valid(idx)
         ok &= ~has_title | known
         runtime = np.full(wire.num_rows, np.nan)
-        runtime[known] = titles.runtime_s[idx.to_numpy(zero_copy_only=False)[known].astype(np.int64)]
+        at = idx.to_numpy(zero_copy_only=False)[known].astype(np.int64)
+        runtime[known] = titles.runtime_s[at]
         pos = c("position_s").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
         past_end = ~np.isnan(runtime) & ~np.isnan(pos) & (pos > runtime)
         ok &= ~past_end
@@ -241,7 +243,8 @@ def check_messages(messages: Sequence[Message], *, titles: Catalog | None,
     wire = _read_wire(messages)
     if wire is not None:
         try:
-            ok, ts_us = fast_mask(wire, titles=titles, now=now, future_tolerance_s=future_tolerance_s)
+            ok, ts_us = fast_mask(wire, titles=titles, now=now,
+                                  future_tolerance_s=future_tolerance_s)
             fast_rows = np.flatnonzero(ok)
             fast_table = _lake_rows(wire, fast_rows, ts_us) if len(fast_rows) else None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -264,7 +267,8 @@ def check_messages(messages: Sequence[Message], *, titles: Catalog | None,
     elif len(parts) == 1:
         table = parts[0]
     else:  # back into message order, so "first write wins" means first in the log
-        table = pa.concat_tables(parts).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+        back = np.argsort(np.concatenate(order), kind="stable")
+        table = pa.concat_tables(parts).take(pa.array(back))
     rejected.sort(key=lambda r: r[0])
     return Checked(table, [(m, reason) for _, m, reason in rejected],
                    fast=int(ok.sum()), slow=n - int(ok.sum()))

@@ -1,0 +1,76 @@
+"""The speed layer, embedded: events through the API change the user's page within a second."""
+
+import time
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from reelrec.domain.catalog import Catalog
+from reelrec.serve.api import create_app
+
+
+def _watch(title_id, user, ts, runtime_s):
+    base = {"user_id": user, "title_id": title_id, "device": "tv"}
+    return [dict(base, event_id=uuid.uuid4().hex, type="play_start", ts=ts),
+            dict(base, event_id=uuid.uuid4().hex, type="progress", ts=ts + 60,
+                 position_s=runtime_s * 0.95, watched_s=runtime_s * 0.95),
+            dict(base, event_id=uuid.uuid4().hex, type="complete", ts=ts + 61)]
+
+
+def _count(doc, titles):
+    return sum(i["title_id"] in titles for s in doc["shelves"][:1] for i in s["items"])
+
+
+def wait_for_personal(client, url, timeout=5.0):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        doc = client.get(url).json()
+        if doc["mode"] == "personal":
+            return doc, time.perf_counter() - t0
+        time.sleep(0.02)
+    raise AssertionError(f"page did not turn personal within {timeout} s: {doc['mode']}")
+
+
+def test_three_thrillers_bring_more_thrillers_within_a_second(tiny_world):
+    cat = Catalog.load(tiny_world.data_dir)
+    t = cat.table.to_pylist()
+    thrillers = [r for r in t if "thriller" in r["genres"] and r["kind"] == "movie"]
+    assert len(thrillers) >= 10
+    thriller_ids = {r["title_id"] for r in t if "thriller" in r["genres"]}
+    with TestClient(create_app(tiny_world)) as client:
+        url = "/v1/users/fresh-thriller-fan/homepage?region=US"
+        before = client.get(url).json()
+        assert before["mode"] == "cold_start"
+        now = time.time()
+        events = []
+        for k, r in enumerate(thrillers[:3]):
+            events += _watch(r["title_id"], "fresh-thriller-fan", now - 600 + k * 120, r["runtime_min"] * 60)
+        assert client.post("/v1/events", json=events).json()["accepted"] == 9
+        after, seconds = wait_for_personal(client, url)
+        assert seconds < 1.0, seconds
+        assert _count(after, thriller_ids) > _count(before, thriller_ids)
+        watched = {r["title_id"] for r in thrillers[:3]}
+        assert not watched & {i["title_id"] for i in after["shelves"][0]["items"]}
+
+
+def test_redelivered_events_are_applied_once(tiny_world):
+    from reelrec.speed.layer import SpeedLayer
+    from reelrec.storage.cache import open_cache
+    from reelrec.storage.state import open_state
+    cat = Catalog.load(tiny_world.data_dir)
+    r = cat.table.to_pylist()[0]
+    with open_cache("memory://") as cache, open_state("memory://") as state:
+        from reelrec.homepage import ServingModel
+        from reelrec.storage.cache import open_cache as oc
+        with oc(tiny_world.cache) as src:
+            version = src.current_version()
+        cache.put({"s:probe": b"x"}, version=version)
+        cache.publish(version)
+        layer = SpeedLayer(tiny_world, cache, state)
+        events = _watch(r["title_id"], "u-dup", time.time() - 100, (r["runtime_min"] or 50) * 60)
+        first = layer.apply(events)
+        again = layer.apply(events)
+        assert first.recomputed == ["u-dup"] and first.duplicates == 0
+        assert again.duplicates == 3 and again.recomputed == []
+        assert len(layer._log("u-dup")) == 3
