@@ -149,7 +149,7 @@ async function loadAdherence() {
         tile("Genre-cap violations", fmt(over), `pages with a genre in more than ${a.genre_cap} of ${a.page_size}`),
         tile("Kind floor held", a.kind_floor_held === null ? "–" : `${fmt(100 * a.kind_floor_held, 1)} %`,
           `pages where every kind is within one slot of its ${fmt(100 * a.kind_floor)} % floor`),
-        tile("Explore / novel slots", `${fmt(a.slots_mean.explore, 2)} / ${fmt(a.slots_mean.novel, 2)}`, "mean per page"),
+        tile("Explore / novel slots", `${fmt(a.slots_mean.explore, 1)} / ${fmt(a.slots_mean.novel, 1)}`, "mean per page"),
         a.precompute ? tile("Kind mix off target", fmt(a.precompute.kind_mix_off_by_more_than_one),
           `of ${fmt(a.precompute.kind_mix_checked)} personal pages, by more than one slot (precompute)`) : null),
       el("div", { class: "cols" },
