@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/screenshots"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="reelrec-shots-") as tmp:
-        settings = build_world(tmp, report=True)
+        settings = build_world(Path(tmp) / "simulated-world", report=True)
         with serve_in_thread(create_app(settings)) as base, chromium() as browser:
             for p in capture(base, args.out, browser, busiest_user(settings), settings):
                 print(f"wrote {p}")
