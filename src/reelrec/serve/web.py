@@ -70,16 +70,24 @@ def favicon() -> FileResponse:
 
 # --- cached views of the data directory ---------------------------------------------------------
 class _Memo:
-    """One value per key, recomputed when the key changes (a file's mtime, a catalog object)."""
+    """One value, recomputed when its key changes. Keys are tuples of plain values (an mtime)
+    compared by value and objects (the catalog's table) compared by identity; holding the objects
+    keeps their ids from being reused."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._key: Any = object()
+        self._key: tuple | None = None
         self._value: Any = None
 
-    def get(self, key: Any, compute):
+    @staticmethod
+    def _same(a: tuple | None, b: tuple) -> bool:
+        plain = (int, float, str, bytes, type(None))
+        return a is not None and len(a) == len(b) and all(
+            x is y or (isinstance(x, plain) and isinstance(y, plain) and x == y) for x, y in zip(a, b))
+
+    def get(self, key: tuple, compute):
         with self._lock:
-            if key != self._key:
+            if not self._same(self._key, key):
                 self._value = compute()
                 self._key = key
             return self._value
@@ -136,7 +144,7 @@ def search_users(request: Request,
         r = pc.equal(table.column("region"), region.upper())
         mask = r if mask is None else pc.and_(mask, r)
     hits = table if mask is None else table.filter(mask)
-    regions = _memo(request, "user_regions").get(id(table), lambda: sorted(
+    regions = _memo(request, "user_regions").get((table,), lambda: sorted(
         r for r in pc.unique(table.column("region")).to_pylist() if r))
     return {"total": hits.num_rows, "users": hits.slice(0, limit).to_pylist(), "regions": regions}
 
@@ -149,7 +157,7 @@ def genres(request: Request) -> dict:
     def compute():
         counts = _value_counts(pc.list_flatten(catalog.table.column("genres")))
         return {"genres": [{"name": g, "titles": n} for g, n in counts.items()]}
-    return _memo(request, "genres").get(id(catalog.table), compute)
+    return _memo(request, "genres").get((catalog.table,), compute)
 
 
 # --- catalog stats ----------------------------------------------------------------------------
@@ -187,7 +195,7 @@ def catalog_route(request: Request) -> dict:
     """Catalog and user counts (recomputed only when the catalog or the user table changes)."""
     catalog, users = _catalog(request), _users_table(request)
     lake = request.app.state.services.lake
-    stats = _memo(request, "catalog").get((id(catalog.table), id(users)),
+    stats = _memo(request, "catalog").get((catalog.table, users),
                                           lambda: catalog_stats(catalog, users))
     return stats | {"lake_partitions": len(lake.partitions())}
 
@@ -449,4 +457,4 @@ def adherence(request: Request) -> dict:
         out = page_adherence(model.features, model.cfg, [b for b in got.values if b is not None])
         return out | {"model_version": got.version, "users": len(ids), "sampled": step > 1,
                       "cached_pages": sum(b is not None for b in got.values)}
-    return _memo(request, "adherence").get((version, id(users), int(time.time() // 30)), compute)
+    return _memo(request, "adherence").get((version, users, int(time.time() // 30)), compute)
