@@ -131,8 +131,8 @@ def capture(base: str, out: Path, browser, user: str, settings: Settings | None 
 
 def main(argv: list[str] | None = None) -> None:
     from reelrec.serve.api import create_app
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("docs/screenshots"))
+    ap = argparse.ArgumentParser(description="Write screenshots of the web interface over a small simulated world.")
+    ap.add_argument("--out", type=Path, default=Path("docs/screenshots"), help="folder for the PNG files")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="reelrec-shots-") as tmp:
         settings = build_world(Path(tmp) / "simulated-world", report=True)
