@@ -47,6 +47,8 @@ class ErrorResponse(BaseModel):
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+# ASCII only: upper-casing must not change the length (German sharp s becomes "SS")
+RegionCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,8}$")]
 
 
 class TitleIn(BaseModel):
@@ -55,9 +57,9 @@ class TitleIn(BaseModel):
     genres: list[Text] = Field(default_factory=list, max_length=20)
     release_date: dt.date | None = None
     added_date: dt.date | None = None
-    origin_region: Code | None = None
+    origin_region: RegionCode | None = None
     language: Code | None = None
-    regions: list[Code] = Field(default_factory=list, max_length=300)
+    regions: list[RegionCode] = Field(default_factory=list, max_length=300)
     # minutes; 0.1 is six seconds, and keeps float32 storage away from underflow
     runtime_min: float | None = Field(None, ge=0.1, le=10_000)
     episodes: int | None = Field(None, gt=0, le=100_000)
@@ -98,12 +100,12 @@ Genre = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 
 class OnboardingIn(BaseModel):
     genres: list[Genre] = Field(..., min_length=3, max_length=5)
-    region: Code | None = None
+    region: RegionCode | None = None
     device: Literal["tv", "mobile", "tablet", "web"] | None = None
 
 
 class UserIn(BaseModel):
-    region: Code | None = None
+    region: RegionCode | None = None
     language: Code | None = None
     device: Literal["tv", "mobile", "tablet", "web"] | None = None
 
