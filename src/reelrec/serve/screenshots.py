@@ -30,7 +30,10 @@ def build_world(data_dir: Path | str, users: int = 300, titles: int = 200, days:
     from reelrec.sim.world import SimConfig, simulate
     settings = load_settings(data_dir=Path(data_dir))
     simulate(SimConfig(users=users, titles=titles, days=days, seed=seed, progress=False), settings)
-    train(settings, PipelineConfig(als=ALSParams(factors=16, iterations=8), tune=False))
+    from reelrec.rank.ranker import RankerParams
+    # a small model: the pages only need to be real, not tuned
+    train(settings, PipelineConfig(als=ALSParams(factors=16, iterations=8), tune=False,
+                                   ranker=RankerParams(rounds=60, early_stopping=10)))
     from reelrec.batch.precompute import precompute
     from reelrec.storage.cache import open_cache
     with open_cache(settings.cache) as cache:
