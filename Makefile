@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ./reelrec-data
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo test install install-test chromium bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,14 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+chromium:
+	@command -v chromium >/dev/null || test -x /usr/bin/chromium || \
+	  (command -v apt-get >/dev/null && (apt-get update -q && apt-get install -y -q chromium) || \
+	   (echo "chromium is missing and could not be installed with apt-get: the browser tests will be skipped" >&2))
+
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test chromium
 
 demo: install
 	$(BIN)/reelrec demo --data $(DATA)

@@ -375,6 +375,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return [TitleOut(**services.catalog.get(str(ids[i])).__dict__) for i in idx
                 if str(ids[i]) in services.catalog]
 
+    from reelrec.serve.web import install_web  # here, not at the top: web imports ``scoped``
+    install_web(app)
     return app
 
 
