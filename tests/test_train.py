@@ -198,3 +198,19 @@ def test_training_without_events_is_a_clear_error(tmp_path):
     data.matrix.positives = sp.csr_matrix(data.matrix.shape, dtype=np.float32)
     with pytest.raises(InvalidInput, match="positive"):
         RankerRecommender(small_config()).fit(data)
+
+
+def test_registry_names_and_candidate_stage():
+    from reelrec.batch.pipeline import make_recommender
+    assert make_recommender("als", seed=3).params.seed == 3
+    assert make_recommender("reelrec-ranker").name == "reelrec-ranker"
+    with pytest.raises(InvalidInput):
+        make_recommender("bpr")
+    data = batch_world.train_data()
+    rec = RankerRecommender(small_config()).fit(data)
+    c = rec.candidates(np.array([0, 40]), 30)
+    assert c.shape == (2, 30)
+    seen = data.matrix.positives[[0, 40]].toarray() > 0
+    for i in range(2):
+        got = c[i][c[i] >= 0]
+        assert len(got) == len(set(got.tolist())) > 10 and not seen[i, got].any()

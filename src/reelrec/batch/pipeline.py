@@ -453,6 +453,22 @@ class RankerRecommender:
             raise InvalidInput("fit() before recommend()", field="model")
         return self.pipeline.recommend_rows(np.asarray(users), k)
 
+    def candidates(self, users: np.ndarray, n: int) -> np.ndarray:
+        """The candidate stage alone: up to ``n`` title columns per user, best placed in any
+        source first, -1 padded (the evaluator's candidate recall@100)."""
+        if self.pipeline is None:
+            raise InvalidInput("fit() before candidates()", field="model")
+        rows = np.asarray(users, dtype=np.int64)
+        out = np.full((len(rows), n), -1, dtype=np.int64)
+        bs = self.config.batch_users
+        for lo in range(0, len(rows), bs):
+            cands, _ = self.pipeline.candidates(self.pipeline.users.take(rows[lo: lo + bs]))
+            best = np.where(cands.valid, np.min(cands.rank, axis=2), np.inf)
+            order = np.argsort(best, axis=1, kind="stable")[:, :n]
+            cols = np.take_along_axis(cands.cols, order, axis=1)
+            out[lo: lo + len(cols), : cols.shape[1]] = cols
+        return out
+
 
 class ALSRecommender:
     """ALS alone, tuned on a random holdout of the training positives, then refit on all of them."""
@@ -481,7 +497,20 @@ class ALSRecommender:
         return recommend_als(self.model, np.asarray(users, dtype=np.int64), self.exclude, k)
 
 
-__all__ = ["Pipeline", "PipelineConfig", "RankerRecommender", "ALSRecommender", "fit_pipeline",
+def make_recommender(name: str, seed: int = 42):
+    """The batch layer's recommenders by name, for the evaluator's registry.
+
+    Raises:
+        InvalidInput: an unknown name.
+    """
+    if name == "als":
+        return ALSRecommender(ALSParams(seed=seed))
+    if name == "reelrec-ranker":
+        return RankerRecommender(PipelineConfig(als=ALSParams(seed=seed), ranker=RankerParams(seed=seed)))
+    raise InvalidInput(f"no batch recommender named {name!r} (als, reelrec-ranker)", field="models")
+
+
+__all__ = ["make_recommender", "Pipeline", "PipelineConfig", "RankerRecommender", "ALSRecommender", "fit_pipeline",
            "fit_stage1", "grid_size"]
 
 
