@@ -126,6 +126,9 @@ class Stream:
         self.logged = Counter(e["user_id"] for e in self.events if e["type"] != "impression")
         self.plays = sum(e["type"] == "play_start" for e in self.events)
         self.trials = sum(e.get("slot_kind") == "explore" for e in self.events)
+        # the events that carry a seen marker once applied: plays and explore impressions
+        self.counted = [e["event_id"] for e in self.events
+                        if e["type"] == "play_start" or e.get("slot_kind") == "explore"]
         self.users = users
 
     def batches(self, size: int) -> list[list[dict]]:
@@ -133,13 +136,14 @@ class Stream:
 
 
 def applied(s: Settings, stream: Stream) -> dict:
-    """What the online state holds for ``stream``: events marked applied, each user's online
-    log (length and distinct event ids), total plays counted, bandit trials and successes."""
+    """What the online state holds for ``stream``: the counted events marked applied, each
+    user's online log (length and distinct event ids), total plays counted, bandit trials and
+    successes; ``done`` once every event shows as applied (all marked, every log complete)."""
     import json
 
     from reelrec.speed.layer import LOG_FIELD
     with open_state(s.state_url) as st:
-        marked = sum(st.seen_check([e["event_id"] for e in stream.events]))
+        marked = sum(st.seen_check(stream.counted))
         fields = st.fields_many(stream.users)
         logs = {u: json.loads(f.get(LOG_FIELD) or "[]") for u, f in fields.items()}
         plays = sum(v for _, v in st.top("plays:GLOBAL", 10_000, at=time.time(),
@@ -148,9 +152,12 @@ def applied(s: Settings, stream: Stream) -> dict:
     bandit = r.hgetall("rr:s:b")
     r.close()
     global_arms = {k.decode(): float(v) for k, v in bandit.items() if k.startswith(b"GLOBAL|")}
+    log_len = {u: len(v) for u, v in logs.items()}
     return {
         "marked": marked,
-        "log_len": {u: len(v) for u, v in logs.items()},
+        "done": marked == len(stream.counted) and all(
+            log_len[u] >= n for u, n in stream.logged.items()),
+        "log_len": log_len,
         "log_distinct": {u: len({r["event_id"] for r in v}) for u, v in logs.items()},
         "plays": plays,
         "trials": sum(v for k, v in global_arms.items() if k.endswith("\tb")),

@@ -165,64 +165,95 @@ class SpeedLayer:
         """Fold a micro-batch of (validated) events into the state and recompute touched pages.
 
         Effects are ordered so that a crash at any point, followed by redelivery of the batch,
-        neither loses an event nor counts one twice:
+        neither loses an event nor counts one twice. What proves an event applied:
 
-        1. ``seen_check``: events marked in an earlier run were fully applied; skip them;
-        2. idempotent effects for the rest, grouped by user: the online log (merged by event_id),
-           exposure, in-progress titles, profile fields; then the touched users' pages;
-        3. ``seen_many`` marks the events; only the ones this call marked first add to the
-           counters that are not idempotent (trending plays, bandit trials and successes).
+        * an event kept in the user's online log (every event since the training cut but
+          impressions): its id in the log, which is written only after the user's page;
+        * an event that adds to a counter that is not idempotent (a play: trending and a bandit
+          success; an explore impression: a bandit trial), or an older event that is not
+          logged: its ``seen`` marker, set after the pages; only the call that sets the marker
+          (``seen_many``, set-if-absent) adds to the counters;
+        * anything else (a plain impression: exposure) is idempotent and simply applied again.
 
-        A crash before 3 re-applies steps 2 on redelivery (no change) and then counts once; a
-        crash between the mark and the counter writes leaves those counters short by that batch
-        (at most once for counters, exactly once for pages and logs).
+        So the order is: read logs and markers; idempotent state (exposure, in-progress,
+        profile); recompute the pages of users with events not yet in a page; write the logs;
+        mark; count. A crash before the log write recomputes on redelivery; a crash between the
+        marks and the counter writes leaves those counters short by that batch (at most once
+        for counters, exactly once for pages and logs). Only about one event in twenty carries
+        a marker, which keeps the per-event round trips to the state off the hot path.
         """
         t0 = time.perf_counter()
         res = ApplyResult(events=len(events))
         uniq: dict[str, dict] = {}
         for e in events:
             uniq.setdefault(str(e.get("event_id")), e)
-        ids = list(uniq)
-        done = self.state.seen_check(ids) if ids else []
-        fresh = [uniq[i] for i, d in zip(ids, done) if not d]
-        res.duplicates = len(events) - len(fresh)
-        if not fresh:
+        res.duplicates = len(events) - len(uniq)
+        if not uniq:
             return res
         model = self.model()
         base = self.base(model)
         bandit = self.bandit(model)
         ref = base.ref.timestamp() if base.ref else 0.0
         by_user: dict[str, list[tuple[float, dict]]] = {}
-        for e in fresh:
-            by_user.setdefault(e["user_id"], []).append((parse_ts(e["ts"]).timestamp(), e))
+        with_mark: list[str] = []
+        for i, e in uniq.items():
+            ts = parse_ts(e["ts"]).timestamp()
+            by_user.setdefault(e["user_id"], []).append((ts, e))
+            if _counted(e) or (ts < ref and e["type"] in RECOMPUTE_TYPES):
+                with_mark.append(i)
+        marked = {i for i, m in zip(with_mark, self.state.seen_check(with_mark)) if m}
         users = sorted(by_user)
         fields = self.state.fields_many(users)
         touched: dict[str, float] = {}
+        logs: dict[str, str] = {}
+        unmarked = set(with_mark) - marked
+        to_count: list[tuple[dict, dict]] = []
         for u in users:
-            self._apply_user(u, by_user[u], fields[u], ref, model, base, touched)
+            done, log_json = self._apply_user(u, by_user[u], fields[u], ref, marked, model, base,
+                                              touched)
+            res.duplicates += done
+            if log_json is not None:
+                logs[u] = log_json
+            to_count += [(e, fields[u]) for _, e in by_user[u] if str(e["event_id"]) in unmarked]
         if touched:
             changed = sorted(touched)
             self.recompute(changed, model, base, bandit, fields={u: fields[u] for u in changed})
             now = time.time()
             res.recomputed = changed
             res.lag_s = [now - touched[u] for u in changed]
-        first = self.state.seen_many([str(e["event_id"]) for e in fresh])
-        self._count([(e, fields[e["user_id"]]) for e, again in zip(fresh, first) if not again],
-                     model, base, bandit)
+        for u, log_json in logs.items():  # after the pages: a logged event is in a page
+            self.state.set_fields(u, {LOG_FIELD: log_json})
+        if to_count:
+            first = self.state.seen_many([str(e["event_id"]) for e, _ in to_count])
+            self._count([p for p, again in zip(to_count, first) if not again], model, base, bandit)
         res.seconds = time.perf_counter() - t0
         return res
 
     def _apply_user(self, u: str, events: list[tuple[float, dict]], f: dict[str, str], ref: float,
-                    model: ServingModel, base: BaseHistory, touched: dict[str, float]) -> None:
-        """The idempotent effects of one user's events; ``f`` (their fields) is updated in place."""
+                    marked: set[str], model: ServingModel, base: BaseHistory,
+                    touched: dict[str, float]) -> tuple[int, str | None]:
+        """The idempotent effects of one user's events. ``f`` (their fields) is updated in place,
+        the merged online log included, which the caller writes after the page. Returns how
+        many events were applied before, and the new log (None when unchanged)."""
         set_f: dict[str, str] = {}
         shown: list[str] = []
         progress: dict[str, float | None] = {}  # title -> last play time, None once finished
+        old = json.loads(f[LOG_FIELD]) if f.get(LOG_FIELD) else []
+        before = {r.get("event_id") for r in old}  # in the log, so in the page already
+        in_log = set(before)
         new_log: list[dict] = []
+        done = 0
         for ts, e in events:
-            etype, title = e["type"], e.get("title_id")
-            if ts >= ref and etype != "impression":
-                new_log.append({k: e[k] for k in LOG_COLUMNS if e.get(k) is not None})
+            etype, title, eid = e["type"], e.get("title_id"), str(e["event_id"])
+            logged = ts >= ref and etype != "impression"
+            if logged:
+                seen = eid in in_log and (not _counted(e) or eid in marked)
+                if eid not in in_log:
+                    new_log.append({k: e[k] for k in LOG_COLUMNS if e.get(k) is not None})
+                    in_log.add(eid)
+            else:
+                seen = eid in marked
+            done += seen
             if etype == "impression" and title:
                 shown.append(title)
                 if e.get("slot_kind") == "explore":
@@ -237,13 +268,13 @@ class SpeedLayer:
                 set_f.update({k: str(e[k]) for k in ("region", "language", "device") if e.get(k)})
             elif etype == "onboarding":
                 set_f["onboarding"] = ",".join(e.get("genres") or [])
-            if etype in RECOMPUTE_TYPES:
+            in_page = eid in before if logged else eid in marked
+            if etype in RECOMPUTE_TYPES and not in_page:
                 touched[u] = max(touched.get(u, 0.0), ts)
+        log_json = None
         if new_log:
-            old = json.loads(f[LOG_FIELD]) if f.get(LOG_FIELD) else []
-            have = {r.get("event_id") for r in old}
-            merged = old + [r for r in new_log if r.get("event_id") not in have]
-            set_f[LOG_FIELD] = json.dumps(merged[-MAX_LOG:], separators=(",", ":"))
+            log_json = json.dumps((old + new_log)[-MAX_LOG:], separators=(",", ":"))
+            f[LOG_FIELD] = log_json
         if set_f:
             self.state.set_fields(u, set_f)
             f.update(set_f)
@@ -258,6 +289,7 @@ class SpeedLayer:
             region = base.meta(u).get("region")
             if region:
                 f["region"] = region  # in memory only: the batch's default region for counters
+        return done, log_json
 
     def _count(self, events: list[tuple[dict, dict]], model: ServingModel, base: BaseHistory,
                bandit: ThompsonBandit) -> None:
@@ -298,10 +330,12 @@ class SpeedLayer:
                 f[f"explore:{title}"] = ""
                 cleared.setdefault(e["user_id"], {})[f"explore:{title}"] = ""
         for (counter, _), counts in plays.items():
-            self.state.bump(counter, list(counts), at=at[(counter, _)], weights=list(counts.values()))
+            self.state.bump(counter, list(counts), at=at[(counter, _)],
+                            weights=list(counts.values()))
         if arms:
             names = list(arms)
-            self.state.bandit_update(names, [arms[a][0] for a in names], [arms[a][1] for a in names])
+            self.state.bandit_update(names, [arms[a][0] for a in names],
+                                     [arms[a][1] for a in names])
         for u, f in cleared.items():
             self.state.set_fields(u, f)
 
@@ -315,8 +349,9 @@ class SpeedLayer:
         return model.features.cluster_names[int(model.features.cluster[hit[0]])] if len(hit) else None
 
     # --- recomputing pages ------------------------------------------------------------------------
-    def recompute(self, users: list[str], model: ServingModel | None = None, base: BaseHistory | None = None,
-                  bandit: ThompsonBandit | None = None, fields: dict[str, dict[str, str]] | None = None) -> None:
+    def recompute(self, users: list[str], model: ServingModel | None = None,
+                  base: BaseHistory | None = None, bandit: ThompsonBandit | None = None,
+                  fields: dict[str, dict[str, str]] | None = None) -> None:
         """Rebuild and cache the pages of ``users`` from their training row plus their online log.
 
         Everything runs on the whole batch of users at once: one fold of the online logs, one
@@ -331,7 +366,8 @@ class SpeedLayer:
         if self._duck is None:
             import duckdb
             self._duck = duckdb.connect()
-        online_inter = fold_interactions(online, catalog.table, self.settings.signals, con=self._duck)
+        online_inter = fold_interactions(online, catalog.table, self.settings.signals,
+                                         con=self._duck)
         inter = pa.concat_tables([base.interactions.of(users), online_inter.select(base.interactions.table.column_names)]) \
             if base.interactions.table.num_rows else online_inter
         shown = [base.impressions.of(users).select(["user_id", "title_id"])]
@@ -346,7 +382,8 @@ class SpeedLayer:
             onboarding = fields[u].get("onboarding") or base.meta(u).get("onboarding_genres")
             if isinstance(onboarding, str):
                 onboarding = onboarding.split(",")
-            meta.append({"user_id": u, "region": regions[u], "onboarding_genres": onboarding or None})
+            meta.append({"user_id": u, "region": regions[u],
+                         "onboarding_genres": onboarding or None})
         users_tbl = pa.Table.from_pylist(meta, schema=pa.schema([("user_id", pa.string()), ("region", pa.string()),
                                                                   ("onboarding_genres", pa.list_(pa.string()))]))
         profiles = profiles_from_interactions(model.features, inter, impressions, users_tbl, regions)
@@ -369,10 +406,12 @@ class SpeedLayer:
             return sp.csr_matrix(pick @ sp.csr_matrix(m)[known[has]], dtype=dtype)
 
         pos = (lift(train.positives, np.float32) + online_pos).tocsr()
-        exclude = lift(train.exclude, np.float32).maximum((online_any > 0).astype(np.float32)).tocsr()
+        exclude = lift(train.exclude, np.float32).maximum(
+            (online_any > 0).astype(np.float32)).tocsr()
         ts = lift(train.ts, np.float64).maximum(
             _matrix(online_inter, users, model.features.ids, value="last_ts")).tocsr()
-        engaged = np.array([profiles.get(u).n_engaged > 0 for u in users]) & (np.diff(pos.indptr) > 0)
+        engaged = np.array([profiles.get(u).n_engaged > 0 for u in users]) \
+            & (np.diff(pos.indptr) > 0)
         personal = np.flatnonzero(engaged)
         cands: dict[int, object] = {}
         if len(personal):
@@ -380,17 +419,25 @@ class SpeedLayer:
                 # FAISS's OpenMP threads spin after a search; a threaded BLAS solve next to them
                 # runs ~100x slower on a small machine, and one f x f solve needs no threads
                 vectors = fold_in(pipe.art.item_factors, pos[personal], pipe.art.als)
-                st = pipe.state_from_history(pos[personal], ts[personal], exclude[personal], vector=vectors)
+                st = pipe.state_from_history(pos[personal], ts[personal], exclude[personal],
+                                             vector=vectors)
                 st.region = pipe.art.stats.region_index([regions[users[i]] for i in personal])
                 st.filled(len(pipe.art.stats.genre_names))
                 for i, c in zip(personal, model.candidates_for_state(st)):
                     cands[int(i)] = c
         items = {}
         for i, u in enumerate(users):
-            page = model.compose(profiles.get(u, regions[u]), cands.get(i), bandit=bandit, rng=self.rng)
+            page = model.compose(profiles.get(u, regions[u]), cands.get(i), bandit=bandit,
+                                 rng=self.rng)
             items[page_key(u)] = model.encode(page)
         self.cache.put(items, version=model.version)
         log.debug("pages recomputed", users=len(users), personal=len(cands), version=model.version)
+
+
+def _counted(e: dict) -> bool:
+    """Whether the event adds to a counter that is not idempotent (it carries a seen marker)."""
+    return bool(e.get("title_id")) and (e["type"] == "play_start" or (
+        e["type"] == "impression" and e.get("slot_kind") == "explore"))
 
 
 def _matrix(inter: pa.Table, users: list[str], title_ids: np.ndarray, positive_only: bool = True,
