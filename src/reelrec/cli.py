@@ -531,25 +531,41 @@ def worker_aggregate(
 
 
 @worker_app.command("speed")
-def worker_speed(bus: Optional[str] = typer.Option(None, help="event bus URL (kafka://host:port)"),
-                 cache: Optional[str] = typer.Option(None, help="homepage cache URL"),
-                 state: Optional[str] = typer.Option(None, help="online state URL"),
+def worker_speed(bus: Optional[str] = typer.Option(None, help="event bus URL, e.g. kafka://host:9092 "
+                                                          "(default REELREC_BUS_URL)"),
+                 cache: Optional[str] = typer.Option(None, help="homepage cache URL, e.g. redis://host:6379/0 "
+                                                            "(default REELREC_CACHE_URL)"),
+                 state: Optional[str] = typer.Option(None, help="online state URL, e.g. redis://host:6379/0 "
+                                                            "(default REELREC_STATE_URL)"),
                  data: Optional[Path] = DataOpt,
-                 group: str = typer.Option("speed", help="consumer group"),
-                 max_batch: int = typer.Option(500, min=1, help="events per micro-batch at most")):
-    """Apply events to the online state and rewrite each touched user's page in the cache."""
+                 group: str = typer.Option("speed", help="consumer group; workers of one group share "
+                                                         "the partitions"),
+                 max_batch: int = typer.Option(500, min=1, help="events per micro-batch at most"),
+                 progress_every_s: float = typer.Option(10.0, "--progress-every-s", min=0.1)):
+    """Apply events to the online state and rewrite each touched user's page in the cache.
+    Commits after the pages are written; stops cleanly on SIGTERM/SIGINT."""
+    from reelrec.service import bus_url_of
     from reelrec.speed.layer import SpeedLayer
     from reelrec.speed.worker import run_speed
-    from reelrec.storage.bus import open_bus
+    from reelrec.storage.bus import MemoryBus, open_bus
     from reelrec.storage.cache import open_cache
     from reelrec.storage.state import open_state
     from reelrec.workers import progress_logging, stop_on_signals
-    s = load_settings_for_worker(data, bus_url=bus, cache_url=cache, state_url=state)
     progress_logging()
     stop = stop_on_signals()
-    with open_bus(s.bus_url) as b, open_cache(s.cache) as c, open_state(s.state_url) as st:
-        stats = run_speed(SpeedLayer(s, c, st), b, stop, group=group, max_batch=max_batch)
-    console.print(f"speed worker stopped: {stats.events:,} events, {stats.pages:,} pages rewritten")
+    try:
+        s = load_settings_for_worker(data, bus_url=bus, cache_url=cache, state_url=state)
+        with open_bus(bus_url_of(s)) as b, open_cache(s.cache) as c, open_state(s.state_url) as st:
+            if isinstance(b, MemoryBus):
+                raise InvalidInput("an in-process bus is empty in a worker process of its own: in "
+                                   "embedded mode the API runs the speed layer itself; give --bus "
+                                   "kafka://host:port", field="bus")
+            stats = run_speed(SpeedLayer(s, c, st), b, stop, group=group, max_batch=max_batch,
+                              progress_every_s=progress_every_s)
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"speed worker stopped: {stats.events:,} events, {stats.duplicates:,} already "
+                  f"applied, {stats.pages:,} pages rewritten, {stats.dead_lettered:,} dead-lettered")
 
 
 def load_settings_for_worker(data, **urls):

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
+from threadpoolctl import ThreadpoolController
 
 from reelrec.compose.bandit import ThompsonBandit
 from reelrec.config import Settings
@@ -40,6 +41,7 @@ from reelrec.domain.users import load_users
 from reelrec.errors import NotFound
 from reelrec.homepage import HomepageReader, ServingModel, profiles_from_interactions
 from reelrec.log import get_logger
+from reelrec.recall.als import fold_in
 from reelrec.storage.cache import page_key
 from reelrec.storage.lake import open_lake
 
@@ -123,6 +125,8 @@ class SpeedLayer:
         self._base: dict[str, BaseHistory] = {}
         self._bandit: dict[str, ThompsonBandit] = {}
         self._catalog: Catalog | None = None
+        self._duck = None  # one DuckDB connection for the fold of every micro-batch
+        self._threads = ThreadpoolController()  # finding the BLAS libraries once costs ~20 ms
 
     # --- the serving model and what belongs to it ----------------------------------------------
     def model(self) -> ServingModel:
@@ -158,84 +162,186 @@ class SpeedLayer:
 
     # --- applying events -------------------------------------------------------------------------
     def apply(self, events: list[dict]) -> ApplyResult:
-        """Fold a micro-batch of (validated) events into the state and recompute touched pages."""
+        """Fold a micro-batch of (validated) events into the state and recompute touched pages.
+
+        Effects are ordered so that a crash at any point, followed by redelivery of the batch,
+        neither loses an event nor counts one twice. What proves an event applied:
+
+        * an event kept in the user's online log (every event since the training cut but
+          impressions): its id in the log, which is written only after the user's page;
+        * an event that adds to a counter that is not idempotent (a play: trending and a bandit
+          success; an explore impression: a bandit trial), or an older event that is not
+          logged: its ``seen`` marker, set after the pages; only the call that sets the marker
+          (``seen_many``, set-if-absent) adds to the counters;
+        * anything else (a plain impression: exposure) is idempotent and simply applied again.
+
+        So the order is: read logs and markers; idempotent state (exposure, in-progress,
+        profile); recompute the pages of users with events not yet in a page; write the logs;
+        mark; count. A crash before the log write recomputes on redelivery; a crash between the
+        marks and the counter writes leaves those counters short by that batch (at most once
+        for counters, exactly once for pages and logs). Only about one event in twenty carries
+        a marker, which keeps the per-event round trips to the state off the hot path.
+        """
         t0 = time.perf_counter()
         res = ApplyResult(events=len(events))
-        ids = [str(e.get("event_id")) for e in events]
-        dup = self.state.seen_many(ids) if ids else []
-        fresh = [e for e, d in zip(events, dup) if not d]
-        res.duplicates = len(events) - len(fresh)
-        if not fresh:
+        uniq: dict[str, dict] = {}
+        for e in events:
+            uniq.setdefault(str(e.get("event_id")), e)
+        res.duplicates = len(events) - len(uniq)
+        if not uniq:
             return res
         model = self.model()
         base = self.base(model)
         bandit = self.bandit(model)
         ref = base.ref.timestamp() if base.ref else 0.0
-        touched: dict[str, float] = {}
-        logs: dict[str, list[dict]] = {}
-        for e in fresh:
-            u = e["user_id"]
+        by_user: dict[str, list[tuple[float, dict]]] = {}
+        with_mark: list[str] = []
+        for i, e in uniq.items():
             ts = parse_ts(e["ts"]).timestamp()
-            etype, title = e["type"], e.get("title_id")
-            region = (e.get("region") or self._region_of(u, base) or "GLOBAL").upper()
-            if ts >= ref and etype != "impression":
-                logs.setdefault(u, []).append({k: e[k] for k in LOG_COLUMNS if e.get(k) is not None})
-            if etype == "impression" and title:
-                self.state.add_exposure(u, [title])
-                if e.get("slot_kind") == "explore":
-                    self._bandit_trial(model, bandit, u, region, title)
-            elif etype in ("play_start", "progress") and title:
-                self.state.set_in_progress(u, title, ts)
-                if etype == "play_start":
-                    self.state.bump(f"plays:{region}", [title], at=ts)
-                    self.state.bump("plays:GLOBAL", [title], at=ts)
-                    self._bandit_success(model, bandit, u, region, title)
-            elif etype == "complete" and title:
-                self.state.clear_in_progress(u, title)
-            elif etype == "profile":
-                fields = {k: e[k] for k in ("region", "language", "device") if e.get(k)}
-                if fields:
-                    self.state.set_fields(u, fields)
-            elif etype == "onboarding":
-                self.state.set_fields(u, {"onboarding": ",".join(e.get("genres") or [])})
-            if etype in RECOMPUTE_TYPES:
-                touched[u] = max(touched.get(u, 0.0), ts)
-        for u, new in logs.items():
-            old = self._log(u)
-            self.state.set_fields(u, {LOG_FIELD: json.dumps((old + new)[-MAX_LOG:], separators=(",", ":"))})
+            by_user.setdefault(e["user_id"], []).append((ts, e))
+            if _counted(e) or (ts < ref and e["type"] in RECOMPUTE_TYPES):
+                with_mark.append(i)
+        marked = {i for i, m in zip(with_mark, self.state.seen_check(with_mark)) if m}
+        users = sorted(by_user)
+        fields = self.state.fields_many(users)
+        touched: dict[str, float] = {}
+        logs: dict[str, str] = {}
+        unmarked = set(with_mark) - marked
+        to_count: list[tuple[dict, dict]] = []
+        for u in users:
+            done, log_json = self._apply_user(u, by_user[u], fields[u], ref, marked, model, base,
+                                              touched)
+            res.duplicates += done
+            if log_json is not None:
+                logs[u] = log_json
+            to_count += [(e, fields[u]) for _, e in by_user[u] if str(e["event_id"]) in unmarked]
         if touched:
-            users = sorted(touched)
-            self.recompute(users, model, base, bandit)
+            changed = sorted(touched)
+            self.recompute(changed, model, base, bandit, fields={u: fields[u] for u in changed})
             now = time.time()
-            res.recomputed = users
-            res.lag_s = [now - touched[u] for u in users]
+            res.recomputed = changed
+            res.lag_s = [now - touched[u] for u in changed]
+        for u, log_json in logs.items():  # after the pages: a logged event is in a page
+            self.state.set_fields(u, {LOG_FIELD: log_json})
+        if to_count:
+            first = self.state.seen_many([str(e["event_id"]) for e, _ in to_count])
+            self._count([p for p, again in zip(to_count, first) if not again], model, base, bandit)
         res.seconds = time.perf_counter() - t0
         return res
 
-    def _region_of(self, user_id: str, base: BaseHistory) -> str | None:
-        return self.state.fields(user_id).get("region") or base.meta(user_id).get("region")
+    def _apply_user(self, u: str, events: list[tuple[float, dict]], f: dict[str, str], ref: float,
+                    marked: set[str], model: ServingModel, base: BaseHistory,
+                    touched: dict[str, float]) -> tuple[int, str | None]:
+        """The idempotent effects of one user's events. ``f`` (their fields) is updated in place,
+        the merged online log included, which the caller writes after the page. Returns how
+        many events were applied before, and the new log (None when unchanged)."""
+        set_f: dict[str, str] = {}
+        shown: list[str] = []
+        progress: dict[str, float | None] = {}  # title -> last play time, None once finished
+        old = json.loads(f[LOG_FIELD]) if f.get(LOG_FIELD) else []
+        before = {r.get("event_id") for r in old}  # in the log, so in the page already
+        in_log = set(before)
+        new_log: list[dict] = []
+        done = 0
+        for ts, e in events:
+            etype, title, eid = e["type"], e.get("title_id"), str(e["event_id"])
+            logged = ts >= ref and etype != "impression"
+            if logged:
+                seen = eid in in_log and (not _counted(e) or eid in marked)
+                if eid not in in_log:
+                    new_log.append({k: e[k] for k in LOG_COLUMNS if e.get(k) is not None})
+                    in_log.add(eid)
+            else:
+                seen = eid in marked
+            done += seen
+            if etype == "impression" and title:
+                shown.append(title)
+                if e.get("slot_kind") == "explore":
+                    cluster = self._cluster(model, title)
+                    if cluster is not None:
+                        set_f[f"explore:{title}"] = cluster
+            elif etype in ("play_start", "progress") and title:
+                progress[title] = ts
+            elif etype == "complete" and title:
+                progress[title] = None
+            elif etype == "profile":
+                set_f.update({k: str(e[k]) for k in ("region", "language", "device") if e.get(k)})
+            elif etype == "onboarding":
+                set_f["onboarding"] = ",".join(e.get("genres") or [])
+            in_page = eid in before if logged else eid in marked
+            if etype in RECOMPUTE_TYPES and not in_page:
+                touched[u] = max(touched.get(u, 0.0), ts)
+        log_json = None
+        if new_log:
+            log_json = json.dumps((old + new_log)[-MAX_LOG:], separators=(",", ":"))
+            f[LOG_FIELD] = log_json
+        if set_f:
+            self.state.set_fields(u, set_f)
+            f.update(set_f)
+        if shown:
+            self.state.add_exposure(u, shown)
+        for title, ts in progress.items():
+            if ts is None:
+                self.state.clear_in_progress(u, title)
+            else:
+                self.state.set_in_progress(u, title, ts)
+        if not f.get("region"):
+            region = base.meta(u).get("region")
+            if region:
+                f["region"] = region  # in memory only: the batch's default region for counters
+        return done, log_json
+
+    def _count(self, events: list[tuple[dict, dict]], model: ServingModel, base: BaseHistory,
+               bandit: ThompsonBandit) -> None:
+        """Counters for events marked by this call only: plays by region, bandit evidence."""
+        plays: dict[tuple[str, int], dict[str, float]] = {}
+        at: dict[tuple[str, int], float] = {}
+        arms: dict[str, list[float]] = {}
+        cleared: dict[str, dict[str, str]] = {}
+        for e, f in events:
+            etype, title = e["type"], e.get("title_id")
+            if not title or etype not in ("impression", "play_start"):
+                continue
+            region = (e.get("region") or f.get("region") or "GLOBAL").upper()
+            if etype == "impression":
+                if e.get("slot_kind") != "explore":
+                    continue
+                cluster = self._cluster(model, title)
+                if cluster is None:
+                    continue
+                for arm in (f"{region}|{cluster}", f"GLOBAL|{cluster}"):
+                    arms.setdefault(arm, [0.0, 0.0])[1] += 1
+                bandit.update(region, cluster, False)
+                continue
+            ts = parse_ts(e["ts"]).timestamp()
+            bucket = int(ts // self.state.bucket_s)
+            for counter in {f"plays:{region}", "plays:GLOBAL"}:
+                key = (counter, bucket)
+                plays.setdefault(key, {})
+                plays[key][title] = plays[key].get(title, 0.0) + 1.0
+                at[key] = ts
+            cluster = f.get(f"explore:{title}")
+            if cluster:
+                # every explore impression is a trial (beta); a play of the shown title is a
+                # success (alpha), so the posterior mean tracks plays per explore impression
+                for arm in (f"{region}|{cluster}", f"GLOBAL|{cluster}"):
+                    arms.setdefault(arm, [0.0, 0.0])[0] += 1
+                bandit.update(region, cluster, True)
+                f[f"explore:{title}"] = ""
+                cleared.setdefault(e["user_id"], {})[f"explore:{title}"] = ""
+        for (counter, _), counts in plays.items():
+            self.state.bump(counter, list(counts), at=at[(counter, _)],
+                            weights=list(counts.values()))
+        if arms:
+            names = list(arms)
+            self.state.bandit_update(names, [arms[a][0] for a in names],
+                                     [arms[a][1] for a in names])
+        for u, f in cleared.items():
+            self.state.set_fields(u, f)
 
     def _log(self, user_id: str) -> list[dict]:
         raw = self.state.fields(user_id).get(LOG_FIELD)
         return json.loads(raw) if raw else []
-
-    def _bandit_trial(self, model, bandit, user_id, region, title) -> None:
-        cluster = self._cluster(model, title)
-        if cluster is None:
-            return
-        self.state.set_fields(user_id, {f"explore:{title}": cluster})
-        self.state.bandit_update([f"{region}|{cluster}", f"GLOBAL|{cluster}"], [0, 0], [1, 1])
-        bandit.update(region, cluster, False)
-
-    def _bandit_success(self, model, bandit, user_id, region, title) -> None:
-        cluster = self.state.fields(user_id).get(f"explore:{title}")
-        if not cluster:
-            return
-        # every explore impression is a trial (beta); a play of the shown title is a success (alpha),
-        # so the posterior mean tracks plays per explore impression of the cluster
-        self.state.bandit_update([f"{region}|{cluster}", f"GLOBAL|{cluster}"], [1, 1], [0, 0])
-        bandit.update(region, cluster, True)
-        self.state.set_fields(user_id, {f"explore:{title}": ""})
 
     @staticmethod
     def _cluster(model: ServingModel, title: str) -> str | None:
@@ -243,32 +349,41 @@ class SpeedLayer:
         return model.features.cluster_names[int(model.features.cluster[hit[0]])] if len(hit) else None
 
     # --- recomputing pages ------------------------------------------------------------------------
-    def recompute(self, users: list[str], model: ServingModel | None = None, base: BaseHistory | None = None,
-                  bandit: ThompsonBandit | None = None) -> None:
-        """Rebuild and cache the pages of ``users`` from their training row plus their online log."""
+    def recompute(self, users: list[str], model: ServingModel | None = None,
+                  base: BaseHistory | None = None, bandit: ThompsonBandit | None = None,
+                  fields: dict[str, dict[str, str]] | None = None) -> None:
+        """Rebuild and cache the pages of ``users`` from their training row plus their online log.
+
+        Everything runs on the whole batch of users at once: one fold of the online logs, one
+        fold-in call, one candidates + ranker pass; only composition is per user."""
         model = model or self.model()
         base = base or self.base(model)
         bandit = bandit or self.bandit(model)
         catalog = self._catalog
-        fields = {u: self.state.fields(u) for u in users}
+        fields = fields if fields is not None else self.state.fields_many(users)
         rows = [dict(r, ts=parse_ts(r["ts"])) for u in users for r in json.loads(fields[u].get(LOG_FIELD) or "[]")]
         online = pa.Table.from_pylist(rows, schema=EVENT_SCHEMA) if rows else EVENT_SCHEMA.empty_table()
-        online_inter = fold_interactions(online, catalog.table, self.settings.signals)
+        if self._duck is None:
+            import duckdb
+            self._duck = duckdb.connect()
+        online_inter = fold_interactions(online, catalog.table, self.settings.signals,
+                                         con=self._duck)
         inter = pa.concat_tables([base.interactions.of(users), online_inter.select(base.interactions.table.column_names)]) \
             if base.interactions.table.num_rows else online_inter
         shown = [base.impressions.of(users).select(["user_id", "title_id"])]
-        exposure = [(u, t) for u in users for t in self.state.exposure(u)]
+        exposure = [(u, t) for u, ts in self.state.exposure_many(users).items() for t in ts]
         if exposure:
-            shown.append(pa.table({"user_id": [u for u, _ in exposure], "title_id": [t for _, t in exposure]}))
+            shown.append(pa.table({"user_id": [u for u, _ in exposure], "title_id": [t for _, t in exposure]},
+                                  schema=shown[0].schema))
         impressions = pa.concat_tables(shown)
         regions = {u: (fields[u].get("region") or base.meta(u).get("region")) for u in users}
         meta = []
         for u in users:
-            m = dict(base.meta(u))
-            m["region"] = regions[u]
-            if fields[u].get("onboarding"):
-                m["onboarding_genres"] = fields[u]["onboarding"].split(",")
-            meta.append({"user_id": u, "region": m.get("region"), "onboarding_genres": m.get("onboarding_genres")})
+            onboarding = fields[u].get("onboarding") or base.meta(u).get("onboarding_genres")
+            if isinstance(onboarding, str):
+                onboarding = onboarding.split(",")
+            meta.append({"user_id": u, "region": regions[u],
+                         "onboarding_genres": onboarding or None})
         users_tbl = pa.Table.from_pylist(meta, schema=pa.schema([("user_id", pa.string()), ("region", pa.string()),
                                                                   ("onboarding_genres", pa.list_(pa.string()))]))
         profiles = profiles_from_interactions(model.features, inter, impressions, users_tbl, regions)
@@ -278,36 +393,51 @@ class SpeedLayer:
         n = len(model.features)
         online_pos = _matrix(online_inter, users, model.features.ids, positive_only=True)
         online_any = _matrix(online_inter, users, model.features.ids, positive_only=False)
-        rows_known = [model.user_row.get(u, -1) for u in users]
         train = pipe.users
-        pos = sp.lil_matrix((len(users), n), dtype=np.float32)
-        exclude = sp.lil_matrix((len(users), n), dtype=np.float32)
-        ts = sp.lil_matrix((len(users), n), dtype=np.float64)
-        for i, r in enumerate(rows_known):
-            if r >= 0:
-                pos[i] = train.positives[r]
-                exclude[i] = train.exclude[r]
-                if train.ts is not None:
-                    ts[i] = train.ts[r]
-        pos = sp.csr_matrix(pos) + online_pos
-        exclude = sp.csr_matrix(exclude).maximum((online_any > 0).astype(np.float32))
-        ts = sp.csr_matrix(ts).maximum(_matrix(online_inter, users, model.features.ids, value="last_ts"))
-        personal = [i for i, u in enumerate(users) if profiles.get(u).n_engaged > 0 and pos[i].nnz > 0]
+        known = np.array([model.user_row.get(u, -1) for u in users], dtype=np.int64)
+        has = np.flatnonzero(known >= 0)
+
+        def lift(m: sp.spmatrix | None, dtype) -> sp.csr_matrix:
+            """The training rows of the known users, placed at their rows of the batch."""
+            if m is None or not len(has):
+                return sp.csr_matrix((len(users), n), dtype=dtype)
+            pick = sp.csr_matrix((np.ones(len(has), dtype), (has, np.arange(len(has)))),
+                                 shape=(len(users), len(has)))
+            return sp.csr_matrix(pick @ sp.csr_matrix(m)[known[has]], dtype=dtype)
+
+        pos = (lift(train.positives, np.float32) + online_pos).tocsr()
+        exclude = lift(train.exclude, np.float32).maximum(
+            (online_any > 0).astype(np.float32)).tocsr()
+        ts = lift(train.ts, np.float64).maximum(
+            _matrix(online_inter, users, model.features.ids, value="last_ts")).tocsr()
+        engaged = np.array([profiles.get(u).n_engaged > 0 for u in users]) \
+            & (np.diff(pos.indptr) > 0)
+        personal = np.flatnonzero(engaged)
         cands: dict[int, object] = {}
-        if personal:
-            idx = np.asarray(personal)
-            vectors = np.vstack([pipe.fold_in(pos[i]) for i in idx])
-            st = pipe.state_from_history(pos[idx], ts[idx], exclude[idx], vector=vectors)
-            st.region = pipe.art.stats.region_index([regions[users[i]] for i in idx])
-            st.filled(len(pipe.art.stats.genre_names))
-            for i, c in zip(idx, model.candidates_for_state(st)):
-                cands[int(i)] = c
+        if len(personal):
+            with self._threads.limit(limits=1, user_api="blas"):
+                # FAISS's OpenMP threads spin after a search; a threaded BLAS solve next to them
+                # runs ~100x slower on a small machine, and one f x f solve needs no threads
+                vectors = fold_in(pipe.art.item_factors, pos[personal], pipe.art.als)
+                st = pipe.state_from_history(pos[personal], ts[personal], exclude[personal],
+                                             vector=vectors)
+                st.region = pipe.art.stats.region_index([regions[users[i]] for i in personal])
+                st.filled(len(pipe.art.stats.genre_names))
+                for i, c in zip(personal, model.candidates_for_state(st)):
+                    cands[int(i)] = c
         items = {}
         for i, u in enumerate(users):
-            page = model.compose(profiles.get(u, regions[u]), cands.get(i), bandit=bandit, rng=self.rng)
+            page = model.compose(profiles.get(u, regions[u]), cands.get(i), bandit=bandit,
+                                 rng=self.rng)
             items[page_key(u)] = model.encode(page)
         self.cache.put(items, version=model.version)
-        log.info("pages recomputed", users=len(users), personal=len(cands), version=model.version)
+        log.debug("pages recomputed", users=len(users), personal=len(cands), version=model.version)
+
+
+def _counted(e: dict) -> bool:
+    """Whether the event adds to a counter that is not idempotent (it carries a seen marker)."""
+    return bool(e.get("title_id")) and (e["type"] == "play_start" or (
+        e["type"] == "impression" and e.get("slot_kind") == "explore"))
 
 
 def _matrix(inter: pa.Table, users: list[str], title_ids: np.ndarray, positive_only: bool = True,

@@ -142,6 +142,10 @@ class OnlineState(ABC):
     def fields(self, user_id: str) -> dict[str, str]:
         """All fields of a user ({} if none)."""
 
+    def fields_many(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The fields of many users in one round trip where the backend allows ({} if none)."""
+        return {u: self.fields(u) for u in _ids(user_ids, "user_ids")}
+
     @abstractmethod
     def set_vector(self, user_id: str, vector: np.ndarray) -> None:
         """Store the user's embedding as float32."""
@@ -157,6 +161,10 @@ class OnlineState(ABC):
     @abstractmethod
     def exposure(self, user_id: str) -> set[str]:
         """Titles ever shown to the user (while the state lives)."""
+
+    def exposure_many(self, user_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The exposure sets of many users in one round trip where the backend allows."""
+        return {u: self.exposure(u) for u in _ids(user_ids, "user_ids")}
 
     @abstractmethod
     def set_in_progress(self, user_id: str, title_id: str, at: Timestamp) -> None:
@@ -196,6 +204,14 @@ class OnlineState(ABC):
         """Mark event ids; True for each one that was already marked (set-if-absent with TTL).
 
         A repeated id within one call is seen from its second occurrence on.
+        """
+
+    @abstractmethod
+    def seen_check(self, event_ids: Sequence[str]) -> list[bool]:
+        """True for each event id already marked by ``seen_many``; marks nothing.
+
+        Lets a consumer skip what it fully applied before and mark the rest only once its
+        effects are written (the speed layer: a crash between the two re-applies, never loses).
         """
 
     def seen(self, event_id: str) -> bool:
@@ -360,6 +376,12 @@ class MemoryState(OnlineState):
                     self._seen_order.append((exp, e))
                     out.append(False)
         return out
+
+    def seen_check(self, event_ids):
+        ids = _ids(event_ids, "event_ids")
+        now = time.time()
+        with self._lock:
+            return [(self._seen.get(e) or 0.0) > now for e in ids]
 
     def ping(self):
         return None

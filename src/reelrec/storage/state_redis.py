@@ -108,6 +108,17 @@ class RedisState(OnlineState):
             h = self._r.hgetall(self._uk(user_id, "f"))
         return {a.decode(): b.decode() for a, b in h.items()}
 
+    def fields_many(self, user_ids):
+        ids = _ids(user_ids, "user_ids")
+        if not ids:
+            return {}
+        with translated("HGETALL fields", self.url):
+            pipe = self._r.pipeline(transaction=False)
+            for u in ids:
+                pipe.hgetall(self._uk(u, "f"))
+            got = pipe.execute()
+        return {u: {a.decode(): b.decode() for a, b in h.items()} for u, h in zip(ids, got)}
+
     def set_vector(self, user_id, vector):
         v = _vector(vector)
         with translated("SET vector", self.url):
@@ -136,6 +147,17 @@ class RedisState(OnlineState):
     def exposure(self, user_id):
         with translated("SMEMBERS exposure", self.url):
             return {x.decode() for x in self._r.smembers(self._uk(user_id, "x"))}
+
+    def exposure_many(self, user_ids):
+        ids = _ids(user_ids, "user_ids")
+        if not ids:
+            return {}
+        with translated("SMEMBERS exposure", self.url):
+            pipe = self._r.pipeline(transaction=False)
+            for u in ids:
+                pipe.smembers(self._uk(u, "x"))
+            got = pipe.execute()
+        return {u: {x.decode() for x in m} for u, m in zip(ids, got)}
 
     def set_in_progress(self, user_id, title_id, at):
         (t,), ts = _ids([title_id], "title_id"), _ts(at)
@@ -225,6 +247,13 @@ class RedisState(OnlineState):
             for e in ids:
                 pipe.set(f"{self._p}e:{e}", b"1", nx=True, px=px)
             return [not ok for ok in pipe.execute()]
+
+    def seen_check(self, event_ids):
+        ids = _ids(event_ids, "event_ids")
+        if not ids:
+            return []
+        with translated("MGET seen", self.url):
+            return [v is not None for v in self._mget([f"{self._p}e:{e}" for e in ids])]
 
     def ping(self):
         with translated("PING", self.url):
