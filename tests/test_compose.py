@@ -441,3 +441,24 @@ def test_affinities_sum_positive_weights_by_kind_and_genre():
     kind, genre = affinities(f, sp.csr_matrix(np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])))
     assert kind.tolist() == [[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]]
     assert dict(zip(f.genre_names, genre[0])) == {"crime": 3.0, "drama": 2.0, "nature": 0.0}
+
+
+def test_page_order_places_novel_items_by_score_and_spreads_explore_items():
+    """Exploit and novel items keep the ranker's order; explore items sit at 6, 11 and 16 of 20.
+    Without impressions every title is novel, so the page must still lead with the best title."""
+    rng = np.random.default_rng(11)
+    f = random_features(2000, rng)
+    for shown in (True, False):
+        for u in range(10):
+            p = random_profile(f, rng, user_id=f"u{u}")
+            if not shown:
+                p.impressions = np.zeros(0, np.int64)
+            p = p.validated(f)
+            c = random_candidates(f, rng).validated(len(f))
+            sel = select_top_picks(f, p, c, rng=rng, claimed=p.in_progress)
+            assert len(sel) == 20 and (sel.slots == NOVEL).sum() == 2
+            np.testing.assert_array_equal(np.flatnonzero(sel.slots == EXPLORE), [5, 10, 15])
+            ranked = sel.scores[sel.slots != EXPLORE]
+            assert (np.diff(ranked) <= 0).all()
+            if not shown:
+                assert sel.slots[0] == NOVEL and sel.scores[0] == ranked.max()

@@ -310,7 +310,7 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the result document here"),
     report: Optional[Path] = typer.Option(None, "--report", help="folder for report.md and plots"),
     seeds: int = typer.Option(1, "--seeds", help="repeat with this many seeds (42, 43, ...)"),
-    models: str = typer.Option("popularity,als,ease,covisit,reelrec-ranker", "--models",
+    models: str = typer.Option("popularity,als,ease,covisit,reelrec-ranker,reelrec-homepage", "--models",
                                help="comma-separated model names"),
 ):
     """Score models side by side on a split of the lake: accuracy, coverage, diversity, novelty."""

@@ -285,23 +285,27 @@ def _exact(pool: Pool, n: int, lo, hi, cap: int, n_v: int, n_e: int, time_limit:
 
 
 def _page_order(pool: Pool, idx: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exploit items by score; explore and novel items alternate at evenly spread positions."""
+    """Exploit and novel items by score; explore items at evenly spread positions.
+
+    Novel items are picked by the ranker's score like exploit items (only among never-shown
+    titles), so the score places them: spreading them as well would push the best title of a page
+    with no impressions (every title novel) down to the middle. Explore items are picked by the
+    bandit's draw, not by the score, so they go to evenly spread positions (6, 11 and 16 of 20
+    with three), seen but not leading. docs/evaluation.md measures what each choice costs.
+    """
     n = len(idx)
     explore = idx[slots == EXPLORE][np.argsort(-pool.theta[idx[slots == EXPLORE]], kind="stable")]
-    novel = np.sort(idx[slots == NOVEL])  # the pool is sorted by score: index order is score order
-    special: list[tuple[int, int]] = []
-    for j in range(max(len(explore), len(novel))):
-        special += [(int(i), EXPLORE) for i in explore[j:j + 1]] + [(int(i), NOVEL) for i in novel[j:j + 1]]
-    S = len(special)
+    keep = slots != EXPLORE
+    order = np.argsort(idx[keep], kind="stable")  # the pool is sorted by score: index order is score order
     out = np.full(n, -1, np.int64)
     out_slots = np.zeros(n, np.uint8)
     taken = np.zeros(n, bool)
-    for j, (i, slot) in enumerate(special):  # a handful of special slots per page
-        p = int(round((j + 1) * n / (S + 1))) % n
+    for j, i in enumerate(explore):  # a handful of explore slots per page
+        p = int(round((j + 1) * n / (len(explore) + 1))) % n
         while taken[p]:
             p = (p + 1) % n
-        out[p], out_slots[p], taken[p] = i, slot, True
-    out[~taken] = np.sort(idx[slots == EXPLOIT])
+        out[p], out_slots[p], taken[p] = int(i), EXPLORE, True
+    out[~taken], out_slots[~taken] = idx[keep][order], slots[keep][order]
     return out, out_slots
 
 

@@ -10,6 +10,9 @@ Baselines live here and implement ``reelrec.recommender.Recommender``:
   user's score for a title being the sum of its similarities to the user's training titles;
   popularity breaks ties.
 
+``reelrec-homepage`` (the composed top picks, ``reelrec.eval.homepage_model``) is built on the
+batch layer and composition, and is imported lazily too.
+
 ``als`` and ``reelrec-ranker`` belong to the batch layer (``reelrec.batch.pipeline``). They are
 looked up lazily, so the evaluator runs (and says which models are unavailable, and why) whether
 or not the batch layer is installed. Until the batch layer provides ``als``, a thin implicit-ALS
@@ -258,7 +261,9 @@ BASELINES: dict[str, Callable[..., Recommender]] = {
 }
 BATCH_MODELS = ("als", "reelrec-ranker")
 BATCH_MODULE = "reelrec.batch.pipeline"
-DEFAULT_MODELS = ("popularity", "als", "ease", "covisit", "reelrec-ranker")
+# composed pages, built on the batch layer: name -> (module, class), imported when asked for
+COMPOSED_MODELS = {"reelrec-homepage": ("reelrec.eval.homepage_model", "HomepageRecommender")}
+DEFAULT_MODELS = ("popularity", "als", "ease", "covisit", "reelrec-ranker", "reelrec-homepage")
 
 
 @dataclass
@@ -314,6 +319,12 @@ def resolve(name: str, seed: int = 0) -> Resolved:
     """
     if name in BASELINES:
         return Resolved(name, BASELINES[name](seed=seed), source="reelrec.eval.models")
+    if name in COMPOSED_MODELS:
+        module, cls = COMPOSED_MODELS[name]
+        try:
+            return Resolved(name, getattr(importlib.import_module(module), cls)(seed=seed), source=module)
+        except ImportError as exc:
+            return Resolved(name, None, reason=f"{module} cannot be imported ({exc})")
     if name not in BATCH_MODELS:
         raise InvalidInput(FieldError("models", f"unknown model {name!r}; expected some of "
                                                 f"{', '.join(DEFAULT_MODELS)}"))
