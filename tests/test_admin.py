@@ -236,3 +236,29 @@ def test_serve_retrains_on_schedule_and_goes_live(tiny_world, tmp_path):
         assert len(client.get("/v1/admin/jobs").json()) == 1
     manifest = json.loads((ModelStore(world.models_dir).path(v2) / MANIFEST).read_text())
     assert manifest["config"]["tune"] is False
+
+
+# --- make demo, without the server ------------------------------------------------------------------
+def test_demo_simulates_trains_precomputes_and_shows_two_pages(tmp_path):
+    from typer.testing import CliRunner
+    from reelrec.cli import app
+    args = ["demo", "--data", str(tmp_path / "d"), "--users", "200", "--titles", "120", "--days", "3",
+            "--no-tune", "--no-serve"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    s = load_settings(data_dir=tmp_path / "d")
+    store = ModelStore(s.models_dir)
+    v = store.current()
+    assert v and store.versions() == [v]
+    with open_cache(s.cache) as cache:
+        assert cache.current_version() == v
+    out = r.output
+    assert "simulating 200 users" in out and f"version {v} live" in out
+    assert "a heavy viewer" in out and "a newcomer" in out
+    assert out.count(f"model={v}") == 2
+    assert "mode=personal" in out and "mode=cold_start" in out and "Top picks for you" in out
+
+    again = CliRunner().invoke(app, args)  # a second run reuses the world and the model
+    assert again.exit_code == 0, again.output
+    assert "simulating" not in again.output and "its pages are in the cache" in again.output
+    assert store.versions() == [v]

@@ -46,7 +46,7 @@ def _no_step(_: str) -> None:
 
 
 # --- the jobs themselves (the CLI calls these directly) ---------------------------------------------
-def train_version(settings: Settings, tune: bool = True) -> dict:
+def train_version(settings: Settings, tune: bool = True, progress=None) -> dict:
     """Train a version from the lake without publishing it (runs in a child process of the
     server). Returns its id, the checks it failed and its counts and metrics.
 
@@ -55,7 +55,7 @@ def train_version(settings: Settings, tune: bool = True) -> dict:
     """
     from reelrec.batch.pipeline import PipelineConfig
     from reelrec.batch.train import train
-    res = train(settings, PipelineConfig(tune=tune), publish=False)
+    res = train(settings, PipelineConfig(tune=tune), publish=False, progress=progress)
     m = res.manifest
     return {"version": res.version, "checks": list(m.get("checks", [])), "train_seconds": round(res.seconds, 2),
             "counts": m.get("counts", {}), "metrics": m.get("metrics", {})}
@@ -74,13 +74,15 @@ def _train_in_child(settings: Settings, tune: bool, send) -> None:
         send.close()
 
 
-def go_live(settings: Settings, cache, version: str, reader=None, on_step: Step = _no_step) -> dict:
+def go_live(settings: Settings, cache, version: str, reader=None, on_step: Step = _no_step,
+            progress=None) -> dict:
     """Load ``version``, precompute every page into ``cache`` under it, switch the cache to it,
     publish it in the model store; then drop cache versions older than the previous one and
     prune old model versions (``Settings.keep_model_versions``).
 
     ``reader``: the serving process's ``HomepageReader``, which loads the model before its pages
-    go live (and lends it to precompute).
+    go live (and lends it to precompute). ``progress``: precompute's (``start(total)``,
+    ``advance(n)``).
 
     Raises:
         NotFound: no such version.
@@ -95,7 +97,7 @@ def go_live(settings: Settings, cache, version: str, reader=None, on_step: Step 
     model = reader.preload(version) if reader is not None else ServingModel.load(settings, version)
     previous = cache.current_version()
     on_step("precomputing")
-    rep = precompute(settings, cache, version, model=model)
+    rep = precompute(settings, cache, version, model=model, progress=progress)
     on_step("publishing")
     store = ModelStore(settings.models_dir)
     try:
@@ -119,7 +121,7 @@ def go_live(settings: Settings, cache, version: str, reader=None, on_step: Step 
 
 
 def retrain(settings: Settings, cache, reader=None, tune: bool = True, on_step: Step = _no_step,
-            trainer: Callable[[Settings, bool], dict] = train_version) -> dict:
+            trainer: Callable[[Settings, bool], dict] = train_version, progress=None) -> dict:
     """Train a new version, precompute its pages into ``cache`` and publish it (``go_live``).
 
     Raises:
@@ -132,7 +134,7 @@ def retrain(settings: Settings, cache, reader=None, tune: bool = True, on_step: 
     if trained["checks"]:
         raise Conflict(f"version {trained['version']} failed its checks and is not published: "
                        + "; ".join(trained["checks"]))
-    return {**trained, **go_live(settings, cache, trained["version"], reader, on_step)}
+    return {**trained, **go_live(settings, cache, trained["version"], reader, on_step, progress)}
 
 
 def check_trainable(settings: Settings) -> None:
