@@ -169,6 +169,24 @@ def test_one_job_at_a_time(world):
         assert cache.current_version() == v1 and ModelStore(world.models_dir).current() == v1
 
 
+def test_stopping_the_server_stops_a_training_child_and_nothing_changes(world):
+    store = ModelStore(world.models_dir)
+    v1 = store.current()
+    with open_cache(world.cache) as cache:
+        runner = JobRunner(world, cache)
+        job = runner.start_retrain(tune=False)
+        t0 = time.monotonic()
+        while runner.training_process is None and time.monotonic() - t0 < 30:
+            time.sleep(0.02)
+        child = runner.training_process
+        assert child is not None and child.is_alive()
+        runner.close()
+        done = runner.wait(job.id, timeout=60)
+        assert done.state == "failed" and "training process died" in done.error, done
+        assert not child.is_alive()
+        assert store.current() == v1 and store.versions() == [v1] and cache.current_version() == v1
+
+
 # --- the retrain schedule -------------------------------------------------------------------------
 def test_schedule_is_due_an_interval_after_the_published_model_was_created(world):
     store = ModelStore(world.models_dir)

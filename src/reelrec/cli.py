@@ -326,6 +326,35 @@ def demo(data: Optional[Path] = DataOpt,
                       "starts the server)")
 
 
+@app.command()
+def retrain(data: Optional[Path] = DataOpt,
+            cache: Optional[str] = typer.Option(None, help="cache URL (default: memory snapshot in DIR)"),
+            tune: bool = typer.Option(True, "--tune/--no-tune", help="grid-search ALS and EASE")):
+    """Train a version, precompute every page into the cache, then publish it; drop cache
+    versions older than the previous one and prune old model versions. The same job as the
+    server's nightly retrain, for a scheduler at scale (a running embedded server keeps its
+    memory cache to itself: use POST /v1/admin/train there)."""
+    import time
+    from reelrec.batch.jobs import retrain as run_retrain, train_version
+    from reelrec.batch.progress import RichProgress
+    from reelrec.storage.cache import open_cache
+    s = settings_for(data)
+    t0 = time.perf_counter()
+    try:
+        with open_cache(cache or default_cache_url(s)) as c, RichProgress() as progress:
+            bar = _PagesBar(progress)
+            try:
+                res = run_retrain(s, c, tune=tune, progress=bar,
+                                  trainer=lambda st, t: train_version(st, t, progress=progress))
+            finally:
+                bar.close()
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"version {res['version']} live in {time.perf_counter() - t0:.1f} s (previous "
+                  f"{res['previous']}): {res['pages']:,} pages; cache versions dropped "
+                  f"{res['cache_versions_dropped']}, model versions pruned {res['model_versions_pruned']}")
+
+
 class _PagesBar:
     """precompute's progress (start, advance) as one more step of the training progress display
     (rich allows one live display at a time)."""

@@ -282,9 +282,13 @@ class JobRunner:
         try:
             while not recv.poll(0.2):
                 if not child.is_alive() and not recv.poll(0):
-                    raise Conflict(f"the training process died (exit code {child.exitcode}); "
-                                   "the serving version is unchanged")
-            ok, payload = recv.recv()
+                    break
+            try:
+                ok, payload = recv.recv()
+            except EOFError:  # killed (OOM, the server stopping) before it could answer
+                child.join(timeout=10)
+                raise Conflict(f"the training process died (exit code {child.exitcode}); "
+                               "the serving version is unchanged") from None
         finally:
             recv.close()
             child.join(timeout=10)
@@ -293,6 +297,11 @@ class JobRunner:
             return payload
         kind, message = payload
         raise {"NotFound": NotFound, "Unavailable": Unavailable}.get(kind, Conflict)(message)
+
+    @property
+    def training_process(self):
+        """The child process training right now, or None."""
+        return self._child
 
     def close(self) -> None:
         """Stop a training child process, if one runs (the server is shutting down)."""

@@ -433,7 +433,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     if scheduler is None:
         scheduler = services.embedded and settings.retrain_interval_s > 0
     app.state.scheduler = RetrainScheduler(jobs, settings) if scheduler else None
-    job_responses = {404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+    job_responses = {404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+                     422: {"model": ErrorResponse}}
 
     def accepted(job) -> JSONResponse:
         return JSONResponse(job.as_dict(), status_code=202, headers={"Location": f"/v1/admin/jobs/{job.id}"})
@@ -452,7 +453,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return [j.as_dict() for j in jobs.list()]
 
     @app.get("/v1/admin/jobs/{job_id}", tags=["admin"], response_model=JobOut,
-             responses={404: {"model": ErrorResponse}}, **scoped("admin"))
+             responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}, **scoped("admin"))
     def admin_job(job_id: Annotated[str, Path(min_length=1, max_length=64)]):
         """A job's state (queued, running, succeeded, failed), its current step, result or error."""
         return jobs.get(job_id).as_dict()
