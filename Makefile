@@ -27,8 +27,10 @@ chromium:
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test chromium
 
+# simulate (when DATA is empty), train, precompute, print two homepages, then serve on
+# 127.0.0.1:8000 until Ctrl-C; e.g. make demo DEMO_ARGS="--port 8001 --no-tune"
 demo: install
-	$(BIN)/reelrec demo --data $(DATA)
+	$(BIN)/reelrec demo --data $(DATA) $(DEMO_ARGS)
 
 test: install-test
 	$(BIN)/python -m pytest -q

@@ -21,7 +21,10 @@ def test_no_server_errors_and_schema_conformance(tiny_world):
     # positive_data_acceptance is left out on purpose: JSON Schema cannot express the per-type
     # payload rules, the catalog and clock checks, so a schema-valid event may still be a 422.
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(tiny_world))
-    operations = [r.ok() for r in schema.get_all_operations()]
+    # the admin POSTs start real batch jobs (a retrain publishes a new version into the shared
+    # world); tests/test_admin.py covers their inputs and errors
+    operations = [op for op in (r.ok() for r in schema.get_all_operations())
+                  if not (op.method.upper() == "POST" and op.path.startswith("/v1/admin/"))]
     assert len(operations) >= 8
     calls = []
     for op in operations:

@@ -256,50 +256,180 @@ def titles_list(data: Optional[Path] = DataOpt,
     err_console.print(f"{min(total, t.num_rows):,} of {total:,} titles")
 
 
-# --- demo -------------------------------------------------------------------------------------
+# --- demo and serving (the whole loop; reelrec.batch.jobs) -------------------------------------
 @app.command()
 def demo(data: Optional[Path] = DataOpt,
-         users: int = typer.Option(2000, min=1), titles: int = typer.Option(1000, min=10),
-         days: int = typer.Option(7, min=1), seed: int = typer.Option(1)):
-    """Simulate a small world (when the data directory is empty) and show what it holds."""
-    import pyarrow.compute as pc
-    from reelrec.domain.catalog import Catalog
-    from reelrec.domain.users import load_users
+         users: int = typer.Option(1500, min=1, help="users to simulate (empty data directory only)"),
+         titles: int = typer.Option(800, min=10, help="titles to simulate"),
+         days: int = typer.Option(5, min=1, help="days of behaviour to simulate"),
+         seed: int = typer.Option(1, help="random seed of the simulated world"),
+         tune: bool = typer.Option(True, "--tune/--no-tune", help="grid-search ALS and EASE"),
+         retrain: bool = typer.Option(False, "--retrain", help="train again even if the published "
+                                                               "model's pages are in the cache"),
+         serve_after: bool = typer.Option(True, "--serve/--no-serve", help="start the server at the end"),
+         host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
+         port: Optional[int] = typer.Option(None, help="port (default 8000)")):
+    """The whole loop on embedded defaults: simulate a small world (when the data directory is
+    empty), train, precompute every homepage, show a heavy viewer's and a newcomer's, then serve
+    the API with the speed layer until Ctrl-C."""
+    import time
+    from reelrec.batch.jobs import retrain as run_retrain, train_version
+    from reelrec.batch.progress import RichProgress
+    from reelrec.batch.versions import ModelStore
+    from reelrec.config import load_settings
+    from reelrec.homepage import HomepageReader
     from reelrec.sim.world import SimConfig, simulate as run_sim
+    from reelrec.storage.cache import open_cache
     from reelrec.storage.lake import open_lake
+    try:
+        s = load_settings(data_dir=data, host=host, port=port)
+        lake = open_lake(s.lake)
+        if not lake.files():
+            console.rule(f"simulating {users:,} users, {titles:,} titles, {days} days")
+            summary = run_sim(SimConfig(users=users, titles=titles, days=days, seed=seed), s)
+            console.print(f"{summary.events:,} events from {summary.users:,} users on {summary.titles:,} "
+                          f"titles in {summary.seconds:.1f} s")
+        store = ModelStore(s.models_dir)
+        with open_cache(s.cache) as cache:
+            current = store.current()
+            if current and cache.current_version() == current and not retrain:
+                console.print(f"model {current} is published and its pages are in the cache "
+                              "(--retrain trains again)")
+            else:
+                console.rule("training a model, then precomputing every homepage")
+                t0 = time.perf_counter()
+                with RichProgress() as progress:
+                    bar = _PagesBar(progress)
+                    try:
+                        res = run_retrain(s, cache, tune=tune, progress=bar,
+                                          trainer=lambda st, t: train_version(st, t, progress=progress))
+                    finally:
+                        bar.close()
+                m = res["metrics"]
+                console.print(f"version {res['version']} live in {time.perf_counter() - t0:.1f} s: trained "
+                              f"in {res['train_seconds']:.1f} s on {res['counts']['users']:,} users x "
+                              f"{res['counts']['titles']:,} titles (ranker ndcg@10 "
+                              f"{m.get('ranker_valid_ndcg@10')}, candidate recall {m.get('candidates_recall')}); "
+                              f"{res['pages']:,} pages ({res['personal']:,} personal, {res['cold_start']:,} "
+                              f"cold start) in {res['precompute_seconds']:.1f} s")
+            reader = HomepageReader(s, cache)
+            heavy, newcomer = _demo_users(s, reader)
+            for user, who in ((heavy, "a heavy viewer"), (newcomer, "a newcomer")):
+                console.rule(f"[bold]{who}: {user}[/bold]")
+                print_page(reader.read(user, region=_user_region(s, user)))
+    except ReelrecError as exc:
+        fail(exc)
+    if serve_after:
+        _serve(s, example_user=heavy)
+    else:
+        console.print(f"data directory: {s.data_dir.resolve()}  (`reelrec serve --data {s.data_dir}` "
+                      "starts the server)")
+
+
+@app.command()
+def retrain(data: Optional[Path] = DataOpt,
+            cache: Optional[str] = typer.Option(None, help="cache URL (default: memory snapshot in DIR)"),
+            tune: bool = typer.Option(True, "--tune/--no-tune", help="grid-search ALS and EASE")):
+    """Train a version, precompute every page into the cache, then publish it; drop cache
+    versions older than the previous one and prune old model versions. The same job as the
+    server's nightly retrain, for a scheduler at scale (a running embedded server keeps its
+    memory cache to itself: use POST /v1/admin/train there)."""
+    import time
+    from reelrec.batch.jobs import retrain as run_retrain, train_version
+    from reelrec.batch.progress import RichProgress
+    from reelrec.storage.cache import open_cache
     s = settings_for(data)
-    lake = open_lake(s.lake)
-    if not lake.files():
-        console.rule("simulating a small world")
-        summary = run_sim(SimConfig(users=users, titles=titles, days=days, seed=seed), s)
-        console.print(f"{summary.events:,} events in {summary.seconds:.1f} s")
-    catalog = Catalog.load(s.data_dir)
-    ut = load_users(s.data_dir)
-    kinds = catalog.table.group_by("kind").aggregate([("kind", "count")]).to_pylist()
-    console.print(counts_table("titles by kind", {r["kind"]: r["kind_count"] for r in kinds}, "kind"))
-    g = pc.value_counts(pc.list_flatten(catalog.table.column("genres"))).to_pylist()
-    console.print(counts_table("titles by genre", {r["values"]: r["counts"] for r in
-                                                   sorted(g, key=lambda r: -r["counts"])}, "genre"))
-    reg = pc.value_counts(ut.column("region")).to_pylist()
-    console.print(counts_table("users by region", {r["values"]: r["counts"] for r in
-                                                   sorted(reg, key=lambda r: -r["counts"])}, "region"))
-    st = lake.stats()
-    console.print(counts_table("events by type", st["by_type"], "type"))
-    console.print(f"data directory: {s.data_dir.resolve()}  (try `reelrec lake stats --data {s.data_dir}`)")
+    t0 = time.perf_counter()
+    try:
+        with open_cache(cache or default_cache_url(s)) as c, RichProgress() as progress:
+            bar = _PagesBar(progress)
+            try:
+                res = run_retrain(s, c, tune=tune, progress=bar,
+                                  trainer=lambda st, t: train_version(st, t, progress=progress))
+            finally:
+                bar.close()
+    except ReelrecError as exc:
+        fail(exc)
+    console.print(f"version {res['version']} live in {time.perf_counter() - t0:.1f} s (previous "
+                  f"{res['previous']}): {res['pages']:,} pages; cache versions dropped "
+                  f"{res['cache_versions_dropped']}, model versions pruned {res['model_versions_pruned']}")
 
 
-# --- serving ----------------------------------------------------------------------------------
+class _PagesBar:
+    """precompute's progress (start, advance) as one more step of the training progress display
+    (rich allows one live display at a time)."""
+
+    def __init__(self, progress):
+        self.progress, self._step, self._advance = progress, None, None
+
+    def start(self, total):
+        self._step = self.progress.step("precompute pages", total)
+        self._advance = self._step.__enter__()
+
+    def advance(self, n):
+        self._advance(n)
+
+    def close(self):
+        if self._step is not None:
+            self._step.__exit__(None, None, None)
+
+
+def _demo_users(s, reader) -> tuple[str, str]:
+    """The trained user with the most positives, and a user without any history (one who signed
+    up without watching, else a new id)."""
+    from reelrec.domain.users import load_users
+    model = reader.model()
+    pos = model.pipeline.users.positives.getnnz(axis=1)
+    heavy = str(model.pipeline.user_ids[int(pos.argmax())])
+    newcomer = "newcomer-1"
+    try:
+        ids = load_users(s.data_dir).column("user_id").to_pylist()
+        newcomer = next((u for u in ids if u not in model.user_row), newcomer)
+    except NotFound:
+        pass
+    return heavy, newcomer
+
+
+def _any_user(s) -> str:
+    from reelrec.domain.users import load_users
+    try:
+        t = load_users(s.data_dir)
+    except NotFound:
+        return "new-viewer"
+    return t.column("user_id")[0].as_py() if t.num_rows else "new-viewer"
+
+
+def _serve(s, example_user: Optional[str] = None) -> None:
+    import uvicorn
+    from reelrec.serve.api import create_app
+    app = create_app(s)
+    url = f"http://{s.host}:{s.port}"
+    console.print(f"reelrec serving {s.data_dir.resolve()} at {url}  (OpenAPI: {url}/docs)")
+    user = example_user or _any_user(s)
+    console.print(f"try:  curl '{url}/v1/users/{user}/homepage'", highlight=False, soft_wrap=True)
+    if app.state.scheduler is not None:
+        console.print(f"retrains every {s.retrain_interval_s / 3600:g} h (REELREC_RETRAIN_INTERVAL_S; 0 = off); "
+                      f"POST {url}/v1/admin/train retrains now", highlight=False, soft_wrap=True)
+    console.print("Ctrl-C stops the server")
+    uvicorn.run(app, host=s.host, port=s.port, log_level="warning")
+
+
 @app.command()
 def serve(data: Optional[Path] = DataOpt,
           host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
-          port: Optional[int] = typer.Option(None, help="port (default 8000)")):
-    """Run the HTTP API on embedded defaults (or the backends named by REELREC_* settings)."""
-    import uvicorn
-    from reelrec.serve.api import create_app
+          port: Optional[int] = typer.Option(None, help="port (default 8000)"),
+          retrain_interval_s: Optional[float] = typer.Option(
+              None, "--retrain-interval-s", min=0,
+              help="embedded mode: retrain, precompute and publish this long after the published "
+                   "model was made (default 86400; 0 = off)")):
+    """Run the HTTP API on embedded defaults (or the backends named by REELREC_* settings); in
+    embedded mode also the speed layer and the nightly retrain."""
     from reelrec.config import load_settings
-    s = load_settings(data_dir=data, host=host, port=port)
-    console.print(f"reelrec serving {s.data_dir.resolve()} at http://{s.host}:{s.port}  (OpenAPI: /docs)")
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning")
+    try:
+        s = load_settings(data_dir=data, host=host, port=port, retrain_interval_s=retrain_interval_s)
+    except ReelrecError as exc:
+        fail(exc)
+    _serve(s)
 
 # --- evaluation (reelrec.eval) ----------------------------------------------------------------
 @app.command()

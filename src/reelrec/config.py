@@ -84,6 +84,14 @@ class Settings(BaseSettings):
                                                  "?timeout_s= in bus_url overrides it)")
     cache_url: str = Field("memory://", description="homepage cache: memory://[/snapshot] or redis://")
     state_url: str = Field("memory://", description="online state: memory:// or redis://")
+    retrain_interval_s: float = Field(86_400.0, ge=0,
+                                      description="embedded `reelrec serve` retrains, precomputes and "
+                                                  "publishes this long after the published model "
+                                                  "was created (0 = never; at scale run `reelrec "
+                                                  "train && reelrec precompute` from a scheduler)")
+    retrain_tune: bool = Field(True, description="scheduled retrains grid-search ALS and EASE")
+    keep_model_versions: int = Field(7, ge=1, description="model versions a retrain job keeps "
+                                                          "on disk (the published one always stays)")
 
     @classmethod
     def settings_customise_sources(

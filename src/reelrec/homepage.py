@@ -14,6 +14,7 @@ everywhere: ``profiles_from_interactions``.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,36 +316,72 @@ class HomepageReader:
 
     def __init__(self, settings: Settings, cache, on_read=None):
         self.settings, self.cache = settings, cache
+        # the newest loaded model last; at most two (serving + previous), so a swap never waits
+        # on a load and a refused version can fall back to the one before it
         self._models: dict[str, ServingModel] = {}
         self._bad: set[str] = set()
+        # one load at a time: request threads that see a new version together load it once
+        self._load_lock = threading.Lock()
         self.on_read = on_read or (lambda result: None)
+
+    def _keep(self, m: ServingModel) -> None:
+        prev = {k: v for k, v in self._models.items() if k != m.version}
+        self._models = {**dict(list(prev.items())[-1:]), m.version: m}
+
+    def preload(self, version: str) -> ServingModel:
+        """Load ``version`` now (before its pages are published, so the swap costs requests
+        nothing), even if it was refused before.
+
+        Raises:
+            NotFound: no such version.
+            Conflict: the version is corrupt, half-written, or does not fit the catalog.
+        """
+        with self._load_lock:
+            if version in self._models:
+                return self._models[version]
+            m = ServingModel.load(self.settings, version)
+            self._bad.discard(version)
+            self._keep(m)
+            return m
+
+    def refused(self) -> list[str]:
+        """Versions this reader refused to load (corrupt or not fitting the catalog)."""
+        return sorted(self._bad)
+
+    def serving(self) -> str | None:
+        """The version of the newest model this reader serves with (None before the first read)."""
+        return next(reversed(self._models), None)
 
     def model(self, version: str | None = None) -> ServingModel:
         """The model of ``version`` (or the newest usable one), loading it once.
 
         Raises:
-            NotFound: no usable model at all.
+            Unavailable: no usable model at all.
         """
-        if version and version in self._models:
-            return self._models[version]
-        if version and version not in self._bad:
+        got = self._models.get(version) if version else None
+        if got is not None:
+            return got
+        with self._load_lock:
+            if version and version in self._models:
+                return self._models[version]
+            if version and version not in self._bad:
+                try:
+                    m = ServingModel.load(self.settings, version)
+                    self._keep(m)
+                    return m
+                except (Conflict, NotFound) as exc:
+                    self._bad.add(version)
+                    log.error("model version refused; the previous one keeps serving",
+                              version=version, error=str(exc))
+            if self._models:
+                return next(reversed(self._models.values()))
             try:
-                m = ServingModel.load(self.settings, version)
-                self._models = {version: m, **{k: v for k, v in list(self._models.items())[-1:]}}
-                return m
-            except (Conflict, NotFound) as exc:
-                self._bad.add(version)
-                log.error("model version refused; the previous one keeps serving", version=version,
-                          error=str(exc))
-        if self._models:
-            return next(reversed(self._models.values()))
-        try:
-            m = ServingModel.load(self.settings)  # the published model in the store
-        except NotFound as exc:
-            from reelrec.errors import Unavailable
-            raise Unavailable(f"no model to serve yet: {exc}") from None
-        self._models[m.version] = m
-        return m
+                m = ServingModel.load(self.settings)  # the published model in the store
+            except (NotFound, Conflict) as exc:
+                from reelrec.errors import Unavailable
+                raise Unavailable(f"no model to serve yet: {exc}") from None
+            self._keep(m)
+            return m
 
     def read(self, user_id: str, region: str | None = None, onboarding: tuple[str, ...] = (),
              device: str | None = None, hour: int | None = None, fresh: bool = False) -> dict:
@@ -362,6 +399,10 @@ class HomepageReader:
             doc = model.document(model.fallback(user_id, region))
             return doc
         model = self.model(got.version)
+        if got.version is not None and model.version != got.version:
+            # the published pages belong to a model this reader refused: serve the previous
+            # model's own pages (page blobs index that model's titles), still in the cache
+            got = self.cache.get_many(read_keys(user_id, region), version=model.version)
         blob = got.values[0]
         if blob is not None and fresh:
             doc = model.assemble(user_id, blob, dict(zip(read_keys(user_id, region)[1:], got.values[1:])),

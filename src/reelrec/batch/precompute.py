@@ -75,8 +75,12 @@ def page_checks(model: ServingModel, page, profile, rep: PrecomputeReport) -> No
 
 
 def precompute(settings: Settings, cache: HomepageCache, version: str | None = None,
-               batch_users: int = 256, progress=None, seed: int = 0) -> PrecomputeReport:
+               batch_users: int = 256, progress=None, seed: int = 0,
+               model: ServingModel | None = None) -> PrecomputeReport:
     """Write every user's page for ``version`` (the published model by default) and publish it.
+
+    ``model``: that version already loaded (the API's reader preloads it before its pages go
+    live, so the swap does not wait on a load).
 
     Raises:
         NotFound: no model is published, or the data directory has no catalog.
@@ -84,7 +88,8 @@ def precompute(settings: Settings, cache: HomepageCache, version: str | None = N
         Unavailable: the cache cannot be written (nothing is published then).
     """
     t0, c0 = time.perf_counter(), time.process_time()
-    model = ServingModel.load(settings, version)
+    if model is None or (version is not None and model.version != version):
+        model = ServingModel.load(settings, version)
     rep = PrecomputeReport(model.version)
     lake = open_lake(settings.lake)
     catalog = Catalog.load(settings.data_dir)

@@ -153,6 +153,23 @@ class ModelStore:
             return None
         return p.read_text().strip() or None
 
+    def prune(self, keep: int, protect: tuple[str, ...] = ()) -> list[str]:
+        """Delete all but the newest ``keep`` versions; never the published one nor ``protect``
+        (e.g. the versions the cache serves). Returns the deleted versions.
+
+        A version leaves by a rename first, so a concurrent reader sees it whole or not at all.
+        """
+        spare = {self.current(), *protect}
+        doomed = [v for v in self.versions()[keep:] if v not in spare]
+        for v in doomed:
+            trash = self.root / f".trash-{v}-{uuid.uuid4().hex[:6]}"
+            try:
+                os.replace(self.path(v), trash)
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+        return doomed
+
     def list(self) -> list[dict]:
         """Each version, newest first: id, created, ok (verifies), current, counts and metrics."""
         cur = self.current()

@@ -110,6 +110,51 @@ class UserIn(BaseModel):
     device: Literal["tv", "mobile", "tablet", "web"] | None = None
 
 
+# admin: batch jobs and model versions (reelrec.batch.jobs)
+# a version names a folder under the models directory: no leading dot, no slash
+VersionId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class TrainIn(BaseModel):
+    tune: bool = Field(True, description="grid-search ALS and EASE on a validation window "
+                                         "(slower, usually better)")
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["retrain", "publish"]
+    trigger: str
+    state: Literal["queued", "running", "succeeded", "failed"]
+    step: str | None = None
+    version: str | None = None
+    created: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    seconds: float | None = None
+    result: dict[str, Any] = {}
+    error: str | None = None
+
+
+class ModelVersionOut(BaseModel):
+    version: str
+    created: str | None = None
+    ok: bool
+    error: str | None = None
+    published: bool = Field(description="the model store's published version")
+    serving: bool = Field(description="the version whose pages the cache serves")
+    counts: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+
+
+class ModelsOut(BaseModel):
+    published: str | None
+    serving: str | None
+    loaded: str | None = Field(description="the newest model this server process has loaded")
+    refused: list[str] = Field(description="versions this process refused to load (corrupt)")
+    running_job: JobOut | None = None
+    versions: list[ModelVersionOut]
+
+
 class Metrics:
     """Prometheus metrics of one app (its own registry, so tests can build many apps)."""
 
@@ -174,12 +219,15 @@ async def _json_body(request: Request) -> Any:
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None,
-               speed_layer: bool | None = None) -> FastAPI:
+               speed_layer: bool | None = None, scheduler: bool | None = None) -> FastAPI:
     """Build the API for ``settings`` (defaults: embedded backends under ./reelrec-data).
 
     ``speed_layer`` runs the speed layer in this process on the app's own bus, state and cache
     (while the app runs: its lifespan starts and stops the thread). By default it runs when the
     bus is in-process (embedded mode); with Kafka it is a worker process of its own.
+    ``scheduler`` runs the retrain schedule (``retrain_interval_s``) while the app runs; by
+    default in embedded mode when the interval is not 0 (at scale: ``reelrec train && reelrec
+    precompute`` from any scheduler).
     """
     settings = settings or load_settings()
     services = services or Services(settings)
@@ -192,10 +240,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker = app.state.speed_worker
+        worker, schedule = app.state.speed_worker, app.state.scheduler
         if worker is not None:
             worker.start()
+        if schedule is not None:
+            schedule.start()
         yield
+        if schedule is not None:
+            schedule.stop()
+        app.state.jobs.close()
         if worker is not None:
             worker.stop()
 
@@ -374,6 +427,61 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         idx = model.similar(title_id, k)
         return [TitleOut(**services.catalog.get(str(ids[i])).__dict__) for i in idx
                 if str(ids[i]) in services.catalog]
+
+    # --- admin: training, model versions, publishing (reelrec.batch.jobs) -------------------
+    from reelrec.batch.jobs import JobRunner, RetrainScheduler
+    from reelrec.batch.versions import ModelStore
+    app.state.jobs = jobs = JobRunner(settings, cache, reader)
+    if scheduler is None:
+        scheduler = services.embedded and settings.retrain_interval_s > 0
+    app.state.scheduler = RetrainScheduler(jobs, settings) if scheduler else None
+    job_responses = {404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+                     422: {"model": ErrorResponse}}
+
+    def accepted(job) -> JSONResponse:
+        return JSONResponse(job.as_dict(), status_code=202, headers={"Location": f"/v1/admin/jobs/{job.id}"})
+
+    @app.post("/v1/admin/train", status_code=202, tags=["admin"], response_model=JobOut,
+              responses=job_responses, **scoped("admin"))
+    def admin_train(body: TrainIn | None = None):
+        """Start a retrain in the background: train a version from the lake, precompute every
+        page into the cache, publish it. 202 with the job; 409 while another job runs; 404 when
+        there is nothing to train on."""
+        return accepted(jobs.start_retrain(tune=body.tune if body else True, trigger="api"))
+
+    @app.get("/v1/admin/jobs", tags=["admin"], response_model=list[JobOut], **scoped("admin"))
+    def admin_jobs():
+        """Recent batch jobs, newest first."""
+        return [j.as_dict() for j in jobs.list()]
+
+    @app.get("/v1/admin/jobs/{job_id}", tags=["admin"], response_model=JobOut,
+             responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}, **scoped("admin"))
+    def admin_job(job_id: Annotated[str, Path(min_length=1, max_length=64)]):
+        """A job's state (queued, running, succeeded, failed), its current step, result or error."""
+        return jobs.get(job_id).as_dict()
+
+    @app.get("/v1/admin/models", tags=["admin"], response_model=ModelsOut,
+             responses={503: {"model": ErrorResponse}}, **scoped("admin"))
+    def admin_models():
+        """Model versions, newest first (each verified against its checksums): which one the
+        store publishes, which one the cache serves, which ones this process refused."""
+        store = ModelStore(settings.models_dir)
+        serving = cache.current_version()
+        rows = [{**{k: v for k, v in r.items() if k != "current"}, "published": r["current"],
+                 "serving": r["version"] == serving} for r in store.list()]
+        active = jobs.active
+        return {"published": store.current(), "serving": serving, "loaded": reader.serving(),
+                "refused": reader.refused(), "running_job": active.as_dict() if active else None,
+                "versions": rows}
+
+    @app.post("/v1/admin/models/{version}/publish", status_code=202, tags=["admin"],
+              response_model=JobOut, responses=job_responses, **scoped("admin"))
+    def admin_publish(version: VersionId):
+        """Put an existing version live: it is loaded and verified first (409 when corrupt: the
+        serving version stays), then a job precomputes its pages into the cache, switches the
+        cache to it and publishes it."""
+        return accepted(jobs.start_publish(version, trigger="api"))
+
 
     from reelrec.serve.web import install_web  # here, not at the top: web imports ``scoped``
     install_web(app)
