@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -211,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=Path, default=None,
                     help="markdown file to write the block into (default: docs/benchmarks.md for "
                          "full runs, <results>/benchmarks.md for quick ones)")
+    ap.add_argument("--args", action="append", default=[], metavar="SCRIPT=ARGS",
+                    help="more arguments for one script, e.g. bench_ingest='--events 5000' "
+                         "(repeatable)")
     ap.add_argument("--timeout", type=float, default=None,
                     help="seconds per script before it is killed (default 3600, quick 600)")
     args = ap.parse_args(argv)
@@ -233,8 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {len(chosen)} benchmark(s){' in quick mode' if quick else ''}: "
               f"{', '.join(chosen)}", flush=True)
         timeout = args.timeout or (600 if quick else 3600)
+        extra: dict[str, list[str]] = {}
+        for spec in args.args:
+            name, _, more = spec.partition("=")
+            extra.setdefault(name.strip(), []).extend(shlex.split(more))
         for name in chosen:
-            r = run_one(BENCH / f"{name}.py", out_dir, quick, timeout, [])
+            r = run_one(BENCH / f"{name}.py", out_dir, quick, timeout, extra.get(name, []))
             if r.get("failed"):
                 failed.append(name)
     # the block shows every script's latest stored result, not only the ones run now

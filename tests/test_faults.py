@@ -173,3 +173,32 @@ def test_redis_paused_then_killed_gives_fallback_pages_then_personal_ones_withou
     assert [s["id"] for s in doc["shelves"]] == personal_ids
     status, doc = homepage(client, "someone-new")
     assert status == 200 and doc["mode"] == "cold_start"
+
+
+def test_a_batch_with_impressions_and_plays_is_applied_not_retried_forever(tiny_world):
+    """An impression (exposure) beside a play in one micro-batch once made every recompute fail
+    (the exposure table's schema differed from the base history's), so the speed worker retried
+    the same batch for ever. The batch must apply and rewrite the page."""
+    import uuid
+
+    from reelrec.domain.catalog import Catalog
+    from reelrec.domain.users import load_users
+    from reelrec.speed.layer import SpeedLayer
+    from reelrec.storage.cache import open_cache, page_key
+    from reelrec.storage.state import open_state
+    titles = Catalog.load(tiny_world.data_dir).ids
+    user = load_users(tiny_world.data_dir).column("user_id")[0].as_py()
+    now = time.time()
+    events = [{"event_id": uuid.uuid4().hex, "user_id": user, "title_id": titles[1], "type": "impression",
+               "ts": now - 30, "shelf_id": "top-picks", "position": 0, "slot_kind": "exploit"},
+              {"event_id": uuid.uuid4().hex, "user_id": user, "title_id": titles[2], "type": "play_start",
+               "ts": now - 20, "device": "tv"}]
+    with open_cache("memory://") as cache, open_state("memory://") as state:
+        with open_cache(tiny_world.cache) as src:
+            version = src.current_version()
+        cache.put({"s:probe": b"x"}, version=version)
+        cache.publish(version)
+        res = SpeedLayer(tiny_world, cache, state).apply(events)
+        assert res.recomputed == [user]
+        assert cache.get_many([page_key(user)]).values[0] is not None
+        assert state.exposure(user) == {titles[1]}
