@@ -259,7 +259,6 @@ class SpeedLayer:
         shown = [base.impressions.of(users).select(["user_id", "title_id"])]
         exposure = [(u, t) for u in users for t in self.state.exposure(u)]
         if exposure:
-            # the base table's schema (user_id not null): concat_tables refuses differing schemas
             shown.append(pa.table({"user_id": [u for u, _ in exposure], "title_id": [t for _, t in exposure]},
                                   schema=shown[0].schema))
         impressions = pa.concat_tables(shown)
