@@ -90,6 +90,8 @@ def run_one(script: Path, out_dir: Path, quick: bool, timeout_s: float, extra: l
         rc = -9
     if rc == 0 and out.exists():
         result = json.loads(out.read_text())
+        if "rows" not in result:  # a script with its own JSON layout
+            result = foreign(result, name, argv, out_dir, quick, lines)
     else:
         shown = [a for a in argv[1:] if not a.startswith(str(out_dir))]
         result = {"script": name, "title": name, "quick": quick, "machine": machine(),
@@ -105,6 +107,35 @@ def run_one(script: Path, out_dir: Path, quick: bool, timeout_s: float, extra: l
     print(f"=== {name}: {'FAILED ' + result['failed'] if 'failed' in result else 'ok'} "
           f"in {seconds:.0f} s", flush=True)
     return result
+
+
+def flatten(value, prefix: str = "") -> list[tuple[str, float]]:
+    """Numeric leaves of a JSON value as (dotted path, number); list items of dicts are named by
+    their first string field (``stages[fit pipeline].seconds``)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [(prefix, float(value))]
+    out: list[tuple[str, float]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            label = next((x for x in v.values() if isinstance(x, str)), str(i)) if isinstance(v, dict) else str(i)
+            out += flatten(v, f"{prefix}[{label}]")
+    return out
+
+
+def foreign(raw: dict, name: str, argv: list[str], out_dir: Path, quick: bool, lines: list[str]) -> dict:
+    """A result file in a script's own layout, as rows: every number it holds, measured once."""
+    shown = [a for a in argv[1:] if a != "--json" and not a.startswith(str(out_dir))]
+    rows = [{"measure": k, "unit": "", "median": v, "lo": v, "hi": v, "n": 1,
+             "spread": "one measurement", "baseline": False} for k, v in flatten(raw)]
+    return {"script": name, "title": name, "quick": quick, "machine": machine(),
+            "command": " ".join(["python", *shown]), "rows": rows,
+            "notes": ["The script writes its own JSON layout; these rows are its numbers as written "
+                      "(no spread, baselines not marked)."], "details": {"raw": raw}}
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -132,9 +163,9 @@ def render_result(r: dict) -> list[str]:
     m = r.get("machine") or {}
     if m:
         load = m.get("load_avg") or [float("nan")]
-        end = m.get("load_avg_end") or [float("nan")]
+        end = f", {m['load_avg_end'][0]:.1f} at the end" if m.get("load_avg_end") else ""
         out.append(f"- Machine: {describe_machine(m)}; 1-minute load average {load[0]:.1f} at the "
-                   f"start, {end[0]:.1f} at the end")
+                   f"start{end}")
     took = r.get("wall_s", r.get("seconds"))
     out.append(f"- Ran {r.get('started', '?')}" + (f", {took:.0f} s" if took is not None else ""))
     if r.get("failed"):
