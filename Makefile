@@ -36,7 +36,7 @@ test: install-test
 	$(BIN)/python -m pytest -q
 
 bench: install-test
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache

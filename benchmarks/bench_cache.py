@@ -112,7 +112,11 @@ def timed_interleaved(fns, reads: list[list[str]]) -> list[np.ndarray]:
     return list(out / 1e6)
 
 
+MEASURED: list[tuple[str, np.ndarray]] = []  # every latency row, for the --json result file
+
+
 def row(name: str, ms: np.ndarray) -> str:
+    MEASURED.append((name, ms))
     p50, p99 = np.percentile(ms, [50, 99])
     return f"| {name} | {len(ms):,} | {p50:.3f} | {p99:.3f} | {ms.mean():.3f} |"
 
@@ -171,6 +175,7 @@ def main() -> None:
     ap.add_argument("--redis", default=None, help="use this Redis instead of starting one")
     ap.add_argument("--redis-cluster", default=None,
                     help="use this redis+cluster:// URL instead of starting a three-node cluster")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here (make bench)")
     a = ap.parse_args()
     n_users = a.users or (2_000 if a.quick else 100_000)
     n_reads = a.reads or (2_000 if a.quick else 20_000)
@@ -250,6 +255,19 @@ def main() -> None:
         say(f"| user vector, 128 x float32 (512 bytes), key `rr:s:{{100000}}:v` | {vec_usage} "
             f"| {per_vec_info:.0f} |")
         red.close(), st.close(), raw.close()
+        if a.json:
+            from _report import Report
+            rep = Report("bench_cache", "Cache and state: a homepage read as one get_many; Redis "
+                         "bytes per page and vector", quick=a.quick)
+            for name, ms in MEASURED:
+                rep.samples(f"{name}, {n_users:,} users", ms, "ms")
+            rep.value(f"Redis MEMORY USAGE, user page of {a.page_bytes} random bytes", page_usage,
+                      "bytes")
+            rep.value("INFO used_memory growth per user page", per_user_info, "bytes")
+            rep.value("Redis MEMORY USAGE, the same page on the cluster", cluster_usage, "bytes")
+            rep.value("Redis MEMORY USAGE, user vector 128 x float32 (random)", vec_usage, "bytes")
+            rep.value("INFO used_memory growth per user vector", per_vec_info, "bytes")
+            rep.write(a.json)
     finally:
         if proc is not None:
             proc.terminate()

@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2_000)
     ap.add_argument("--candidates", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None, help="also write the results here (make bench)")
     args = ap.parse_args()
     if args.quick:
         args.titles, args.users, args.repeats = 5_000, 100, 1
@@ -153,6 +154,22 @@ def main() -> None:
     print(f"| assemble document from bytes, CPU ms: p50 / p99 | {np.percentile(cpu_ms, 50):.3f} / "
           f"{np.percentile(cpu_ms, 99):.3f} |")
     print(f"| repeats (median reported) | {args.repeats} |")
+    if args.json:
+        from _report import Report
+        rep = Report("bench_compose", f"Composition: {args.titles:,} titles, {n:,} users x "
+                     f"{args.candidates} candidates, one core", quick=args.quick)
+        rep.runs("baseline: ranker order (exclusions + top 20), users/s/core",
+                 [n / t for t in base], "users/CPU-s", baseline=True)
+        rep.runs("compose personal page (all shelves), users/s/core", [n / t for t in comp],
+                 "users/CPU-s")
+        rep.runs("compose cold-start page, users/s/core", [len(new_users) / t for t in cold_t],
+                 "users/CPU-s")
+        rep.value("encode page", enc_s / n * 1e6, "us/page")
+        rep.samples("page blob size", sizes, "bytes")
+        rep.samples("assemble document from bytes, wall", lat_ms, "ms")
+        rep.samples("assemble document from bytes, CPU", cpu_ms, "ms")
+        rep.value("pages that needed the exact solver", exact, "pages")
+        rep.write(args.json)
 
 
 if __name__ == "__main__":

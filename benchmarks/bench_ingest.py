@@ -200,6 +200,7 @@ def main() -> None:
                     help="aggregator micro-batch (default 20,000, or a tenth of --events)")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--kafka", default=None, help="HOST:PORT of a broker (default: start tansu)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here (make bench)")
     args = ap.parse_args()
     n = args.events or (20_000 if args.quick else 200_000)
     n_api = args.api_batches or (5 if args.quick else 60)
@@ -283,6 +284,13 @@ def main() -> None:
     say("|---|---|---|")
     for name, vals in results.items():
         say(f"| {name} | {statistics.median(vals):,.0f} | {', '.join(f'{v:,.0f}' for v in vals)} |")
+    if args.json:
+        from _report import Report
+        rep = Report("bench_ingest", f"Ingest: POST /v1/events ({n_api:,} POSTs of 1,000) and the "
+                     f"aggregator ({n:,} events)", quick=args.quick)
+        for name, vals in results.items():
+            rep.runs(name, vals, "events/s")
+        rep.write(args.json)
 
 
 if __name__ == "__main__":

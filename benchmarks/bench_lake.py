@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import statistics
@@ -128,6 +127,7 @@ def scans(lake, day: dt.date, repeat: int) -> dict:
         res[key] = statistics.median(r[key][0] for r in rounds)
         res[key + "_cpu"] = statistics.median(r[key][1] for r in rounds)
         res[key + "_rows"] = rounds[-1][key][2]
+        res[key + "_runs"] = [r[key][0] for r in rounds]
     return res
 
 
@@ -225,9 +225,37 @@ def main() -> None:
         result["other_scan"] = {"before": o_before, "after": o_after}
     print_markdown(result, args)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+        report(result, lake_times, base_times, args).write(args.json)
     if args.dir is None:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def report(r: dict, lake_times: list[float], base_times: list[float], args):
+    """The figures as a ``make bench`` result file (benchmarks/_report.py)."""
+    from _report import Report
+    a, b, c = r["append"], r["before"], r["after"]
+    rep = Report("bench_lake", "Behavioural lake: append, scan, compaction", quick=args.quick)
+    rep.value(f"lake.append, {a['events']:,} events in batches of {a['batch']:,}: events/s (wall)",
+              a["lake_events_per_s"], "events/s")
+    rep.value("baseline: bare pq.write_table of the same batches, events/s (wall)",
+              a["baseline_events_per_s"], "events/s", baseline=True)
+    rep.value("lake.append, events per CPU-second", a["lake_events_per_cpu_s"], "events/CPU-s")
+    rep.value("baseline: bare pq.write_table, events per CPU-second",
+              a["baseline_events_per_cpu_s"], "events/CPU-s", baseline=True)
+    rep.samples("lake.append, ms per batch", [t * 1e3 for t in lake_times], "ms")
+    rep.samples("baseline: bare pq.write_table, ms per batch", [t * 1e3 for t in base_times], "ms",
+                baseline=True)
+    for when, d in (("before compaction", b), ("after compaction", c)):
+        rep.value(f"files {when}", d["files"], "files")
+        for key, label in (("full", f"lake.scan(), all columns ({d['full_rows']:,} rows)"),
+                           ("baseline_full", "baseline: bare pyarrow dataset, same files, no dedupe"),
+                           ("batch_cols", "lake.scan(user_id, title_id, type, ts)"),
+                           ("one_day", f"lake.scan(one day) ({d['one_day_rows']:,} rows)"),
+                           ("duckdb_count", "DuckDB count(*) over the glob")):
+            rep.runs(f"{label}, {when}", d[key + "_runs"], "s wall")
+    rep.value("compaction", r["compact_s"], "s")
+    rep.detail("raw", r)
+    return rep
 
 
 def print_markdown(r: dict, args) -> None:

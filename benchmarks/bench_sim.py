@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the world afterwards")
     ap.add_argument("--quick", action="store_true", help="tiny world (300 x 200 x 1)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here (make bench)")
     args = ap.parse_args(argv)
     if args.quick:
         args.users, args.titles, args.days = 300, 200, 1
@@ -70,6 +71,16 @@ def main(argv: list[str] | None = None) -> dict:
                    f"{platform.machine()}, Python {platform.python_version()}",
     }
     print(json.dumps(result, indent=2))
+    from _report import Report
+    rep = Report("bench_sim", "Synthetic world: reelrec simulate", argv, quick=args.quick)
+    rep.value(f"events/s (wall), {args.users:,} users x {args.titles:,} titles x {args.days} days",
+              result["events_per_s"], "events/s")
+    rep.value("events written", summary.events, "events")
+    rep.value("wall time", result["seconds"], "s")
+    rep.value("peak RSS (interpreter and libraries included)", result["peak_rss_gib"], "GiB")
+    rep.value("lake on disk", result["lake_mib"], "MiB")
+    rep.note("No baseline: the simulator is the only writer of its world.")
+    rep.write(args.json)
     print(f"| {args.users:,} x {args.titles:,} x {args.days} | {summary.users:,} "
           f"| {summary.events:,} | {wall:.1f} s | {result['events_per_s']:,} "
           f"| {result['peak_rss_gib']} GiB | {result['lake_mib']} MiB |", file=sys.stderr)

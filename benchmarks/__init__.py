@@ -1,0 +1,1 @@
+"""Benchmark scripts (bench_*.py, each runnable on its own) and `make bench` (run.py)."""
