@@ -536,8 +536,18 @@ def default_cache_url(s) -> str:
 @app.command()
 def precompute(data: Optional[Path] = DataOpt,
                cache: Optional[str] = typer.Option(None, help="cache URL (default: memory snapshot in DIR)"),
-               version: Optional[str] = typer.Option(None, help="model version (default: published)")):
-    """Compose every user's homepage into the cache, then switch the cache to the new version."""
+               version: Optional[str] = typer.Option(None, help="model version (default: published)"),
+               engine: str = typer.Option("local", help="local (this process) or ray (Ray actors, one per core)"),
+               address: Optional[str] = typer.Option(None, help="Ray cluster address (engine ray; default: "
+                                                     "start a local Ray)"),
+               workers: Optional[int] = typer.Option(None, min=1, help="Ray workers (default: one per core "
+                                                     "of the cluster)"),
+               shard_users: Optional[int] = typer.Option(None, min=1, help="users per shard (default: about "
+                                                         "8 shards per worker, at most 4096 users)")):
+    """Compose every user's homepage into the cache, then switch the cache to the new version.
+
+    With --engine ray and a redis:// cache the workers write the pages; with a memory cache the
+    pages come back to this process, which writes them."""
     from rich.progress import Progress
     from reelrec.batch.precompute import precompute as run
     from reelrec.storage.cache import open_cache
@@ -548,23 +558,27 @@ def precompute(data: Optional[Path] = DataOpt,
         def __init__(self, p):
             self.p, self.task = p, None
 
-        def start(self, total):
-            self.task = self.p.add_task("pages", total=total)
+        def start(self, total, unit="pages"):
+            self.task = self.p.add_task(unit, total=total)
 
         def advance(self, n):
             self.p.advance(self.task, n)
 
     try:
         with open_cache(url) as c, Progress(console=err_console) as p:
-            rep = run(s, c, version=version, progress=Bar(p))
+            rep = run(s, c, version=version, progress=Bar(p), engine=engine, address=address,
+                      workers=workers, cache_url=url, shard_users=shard_users)
     except ReelrecError as exc:
         fail(exc)
     console.print(f"version {rep.version}: {rep.users:,} pages ({rep.personal:,} personal, "
                   f"{rep.cold_start:,} cold start) in {rep.seconds:.1f} s = {rep.users_per_s:,.0f} users/s "
-                  f"({rep.users / max(rep.cpu_seconds, 1e-9):,.0f} per CPU second); "
+                  f"({rep.users / max(rep.cpu_seconds, 1e-9):,.0f} per CPU second of this process); "
                   f"page {rep.page_bytes_mean:.0f} B mean, {rep.page_bytes_max} B max; "
                   f"genre-cap violations {rep.genre_cap_violations}, kind mix off "
                   f"{rep.kind_mix_off_by_more_than_one} of {rep.kind_mix_checked}; slots {rep.slot_counts}")
+    console.print(f"engine {rep.engine}: {rep.workers} worker(s), {rep.shards} shards; prepare "
+                  f"{rep.prepare_seconds:.1f} s, compose {rep.compose_seconds:.1f} s = "
+                  f"{rep.compose_users_per_s:,.0f} users/s")
     console.print(f"cache: {url}")
 
 
