@@ -118,7 +118,7 @@ async function loadModels() {
   try {
     const doc = await getJSON("/v1/admin/models");
     const list = Array.isArray(doc) ? doc : (doc.models || doc.versions || []);
-    const serving = Array.isArray(doc) ? null : (doc.current || doc.published || doc.serving || null);
+    const serving = Array.isArray(doc) ? null : (doc.serving || doc.current || doc.published || null);
     if (!list.length) {
       $("models").replaceChildren(el("p", { class: "muted", text: "No model trained yet (`reelrec train`)." }));
       return;
@@ -127,7 +127,10 @@ async function loadModels() {
     const current = serving || (rows.find((r) => r.current === "serving") || {}).version;
     servingVersion = current || null;
     $("models").replaceChildren(
-      current ? el("p", {}, "Serving ", el("strong", { text: cell(current) }), ` · ${rows.length} version${rows.length > 1 ? "s" : ""}`) : "",
+      current ? el("p", {}, "Serving ", el("strong", { text: cell(current) }), ` · ${rows.length} version${rows.length > 1 ? "s" : ""}`,
+        doc.published && doc.published !== current ? ` · published ${doc.published}` : "",
+        doc.refused && doc.refused.length ? ` · refused ${doc.refused.join(", ")}` : "",
+        doc.running_job ? ` · running: ${cell(doc.running_job.kind || doc.running_job.job_id || "job")} (${cell(doc.running_job.state || "")})` : "") : "",
       table(rows), history(rows));
   } catch (err) {
     $("models").replaceChildren(el("p", { class: "muted", text: explain(err, "Model history") }));
