@@ -362,7 +362,7 @@ class _PagesBar:
     def __init__(self, progress):
         self.progress, self._step, self._advance = progress, None, None
 
-    def start(self, total):
+    def start(self, total, unit="pages"):
         self._step = self.progress.step("precompute pages", total)
         self._advance = self._step.__enter__()
 
