@@ -41,6 +41,7 @@ from reelrec.domain.users import load_users
 from reelrec.errors import NotFound
 from reelrec.homepage import HomepageReader, ServingModel, profiles_from_interactions
 from reelrec.log import get_logger
+from reelrec.recall.popular import seconds
 from reelrec.recall.als import fold_in
 from reelrec.storage.cache import page_key
 from reelrec.storage.lake import open_lake
@@ -449,7 +450,7 @@ def _matrix(inter: pa.Table, users: list[str], title_ids: np.ndarray, positive_o
     r = index_of(inter.column("user_id"), pa.array(users, pa.string()))
     c = index_of(inter.column("title_id"), pa.array(list(title_ids), pa.string()))
     if value == "last_ts":
-        v = pc.cast(inter.column("last_ts"), pa.int64()).to_numpy(zero_copy_only=False) / 1000.0
+        v = seconds(inter.column("last_ts"))  # DuckDB hands back microseconds, the lake milliseconds
     else:
         v = inter.column("weight").to_numpy(zero_copy_only=False).astype(np.float32)
     ok = (r >= 0) & (c >= 0)
