@@ -362,8 +362,8 @@ class _PagesBar:
     def __init__(self, progress):
         self.progress, self._step, self._advance = progress, None, None
 
-    def start(self, total, unit: str = "pages"):
-        self._step = self.progress.step(f"precompute {unit}", total)
+    def start(self, total, unit="pages"):
+        self._step = self.progress.step("precompute pages", total)
         self._advance = self._step.__enter__()
 
     def advance(self, n):
