@@ -187,3 +187,20 @@ def test_a_version_that_breaks_while_its_pages_are_written_is_rolled_back(tiny_w
     assert app.state.cache.current_version() == v1 and ModelStore(world.models_dir).current() == v1
     doc = TestClient(app).get(f"/v1/users/{heavy_user(world)}/homepage").json()
     assert doc["model_version"] == v1
+
+
+def test_a_refused_version_falls_back_to_the_live_model_not_a_newer_preloaded_one(tiny_world, tmp_path):
+    from reelrec.storage.cache import open_cache
+    world = copy_world(tiny_world, tmp_path, retrain_interval_s=0)
+    v1 = ModelStore(world.models_dir).current()
+    v2, v3 = clone_version(world, v1), clone_version(world, v1)
+    user = heavy_user(world)
+    with open_cache(world.cache) as cache:
+        reader = HomepageReader(world, cache)
+        assert reader.read(user)["model_version"] == v1 and reader.serving() == v1
+        reader.preload(v2)  # a job loaded v2, then failed before its pages went live
+        precompute(world, cache, v3)  # another process switched the cache to v3...
+        corrupt(world, v3)  # ...which then broke
+        doc = reader.read(user)
+        assert doc["model_version"] == v1 and doc["mode"] == "personal"
+        assert reader.serving() == v1 and reader.refused() == [v3]

@@ -316,17 +316,24 @@ class HomepageReader:
 
     def __init__(self, settings: Settings, cache, on_read=None):
         self.settings, self.cache = settings, cache
-        # the newest loaded model last; at most two (serving + previous), so a swap never waits
-        # on a load and a refused version can fall back to the one before it
+        # at most two models: the live one (whose pages the cache last served) and the newest
+        # loaded (preloaded before its pages go live, so a swap never waits on a load); a
+        # refused version falls back to the live one
         self._models: dict[str, ServingModel] = {}
+        self._live: str | None = None
         self._bad: set[str] = set()
         # one load at a time: request threads that see a new version together load it once
         self._load_lock = threading.Lock()
         self.on_read = on_read or (lambda result: None)
 
     def _keep(self, m: ServingModel) -> None:
-        prev = {k: v for k, v in self._models.items() if k != m.version}
-        self._models = {**dict(list(prev.items())[-1:]), m.version: m}
+        others = {k: v for k, v in self._models.items() if k != m.version}
+        keep = {self._live: others[self._live]} if self._live in others else dict(list(others.items())[-1:])
+        self._models = {**keep, m.version: m}
+
+    def _fallback(self) -> ServingModel:
+        live = self._models.get(self._live) if self._live else None
+        return live if live is not None else next(reversed(self._models.values()))
 
     def preload(self, version: str) -> ServingModel:
         """Load ``version`` now (before its pages are published, so the swap costs requests
@@ -349,8 +356,8 @@ class HomepageReader:
         return sorted(self._bad)
 
     def serving(self) -> str | None:
-        """The version of the newest model this reader serves with (None before the first read)."""
-        return next(reversed(self._models), None)
+        """The version this reader serves pages with (None before the first read)."""
+        return self._live
 
     def model(self, version: str | None = None) -> ServingModel:
         """The model of ``version`` (or the newest usable one), loading it once.
@@ -360,27 +367,31 @@ class HomepageReader:
         """
         got = self._models.get(version) if version else None
         if got is not None:
+            self._live = version
             return got
         with self._load_lock:
             if version and version in self._models:
+                self._live = version
                 return self._models[version]
             if version and version not in self._bad:
                 try:
                     m = ServingModel.load(self.settings, version)
                     self._keep(m)
+                    self._live = version
                     return m
                 except (Conflict, NotFound) as exc:
                     self._bad.add(version)
                     log.error("model version refused; the previous one keeps serving",
                               version=version, error=str(exc))
             if self._models:
-                return next(reversed(self._models.values()))
+                return self._fallback()
             try:
                 m = ServingModel.load(self.settings)  # the published model in the store
             except (NotFound, Conflict) as exc:
                 from reelrec.errors import Unavailable
                 raise Unavailable(f"no model to serve yet: {exc}") from None
             self._keep(m)
+            self._live = self._live or m.version
             return m
 
     def read(self, user_id: str, region: str | None = None, onboarding: tuple[str, ...] = (),

@@ -149,7 +149,7 @@ class ModelVersionOut(BaseModel):
 class ModelsOut(BaseModel):
     published: str | None
     serving: str | None
-    loaded: str | None = Field(description="the newest model this server process has loaded")
+    loaded: str | None = Field(description="the version this server process serves pages with")
     refused: list[str] = Field(description="versions this process refused to load (corrupt)")
     running_job: JobOut | None = None
     versions: list[ModelVersionOut]
