@@ -365,7 +365,9 @@ class SpeedLayer:
         online = pa.Table.from_pylist(rows, schema=EVENT_SCHEMA) if rows else EVENT_SCHEMA.empty_table()
         if self._duck is None:
             import duckdb
-            self._duck = duckdb.connect()
+            # one thread: a micro-batch is a few thousand rows, and DuckDB's worker threads
+            # only contend with the speed layer's own on a small machine
+            self._duck = duckdb.connect(config={"threads": 1})
         online_inter = fold_interactions(online, catalog.table, self.settings.signals,
                                          con=self._duck)
         inter = pa.concat_tables([base.interactions.of(users), online_inter.select(base.interactions.table.column_names)]) \
