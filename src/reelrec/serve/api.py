@@ -506,6 +506,7 @@ class _SpeedThread:
         self._stop = threading.Event()
         self.state = open_state(self.settings.state_url)
         layer = SpeedLayer(self.settings, self.cache, self.state, reader=self.reader)
+        layer.warm()  # before the app serves: no request races the model and history loads
 
         def on_batch(res):
             self.last = res

@@ -161,6 +161,26 @@ class SpeedLayer:
             self._bandit = {model.version: b}
         return b
 
+    def warm(self) -> None:
+        """Load the serving model, the base history, the bandit and the DuckDB connection now,
+        so the first event after a start does not wait for them (seconds on a large lake)."""
+        try:
+            model = self.model()
+        except Exception as exc:  # noqa: BLE001 - nothing to serve yet: the first batch retries
+            log.warning("speed layer not warmed: no model yet", error=str(exc))
+            return
+        self.base(model)
+        self.bandit(model)
+        self._connection()
+
+    def _connection(self):
+        if self._duck is None:
+            import duckdb
+            # one thread: a micro-batch is a few thousand rows, and DuckDB's worker threads
+            # only contend with the speed layer's own on a small machine
+            self._duck = duckdb.connect(config={"threads": 1})
+        return self._duck
+
     # --- applying events -------------------------------------------------------------------------
     def apply(self, events: list[dict]) -> ApplyResult:
         """Fold a micro-batch of (validated) events into the state and recompute touched pages.
@@ -364,11 +384,8 @@ class SpeedLayer:
         fields = fields if fields is not None else self.state.fields_many(users)
         rows = [dict(r, ts=parse_ts(r["ts"])) for u in users for r in json.loads(fields[u].get(LOG_FIELD) or "[]")]
         online = pa.Table.from_pylist(rows, schema=EVENT_SCHEMA) if rows else EVENT_SCHEMA.empty_table()
-        if self._duck is None:
-            import duckdb
-            self._duck = duckdb.connect()
         online_inter = fold_interactions(online, catalog.table, self.settings.signals,
-                                         con=self._duck)
+                                         con=self._connection())
         inter = pa.concat_tables([base.interactions.of(users), online_inter.select(base.interactions.table.column_names)]) \
             if base.interactions.table.num_rows else online_inter
         shown = [base.impressions.of(users).select(["user_id", "title_id"])]

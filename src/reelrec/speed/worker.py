@@ -81,6 +81,7 @@ def run_speed(layer: SpeedLayer, bus, stop: threading.Event, *, group: str = GRO
               retry_max_s: float = 10.0, progress_every_s: float = 10.0) -> SpeedStats:
     """Poll, apply, commit until ``stop`` is set. ``on_batch(result)`` sees every batch applied."""
     stats = SpeedStats()
+    layer.warm()
     consumer = bus.consumer(group)
     last_report = time.monotonic()
     log.info("speed worker started", group=group, max_batch=max_batch)
