@@ -72,6 +72,7 @@ class PrecomputeReport:
     prepare_seconds: float = 0.0  # model load, lake scan and profiles, before the first shard
     compose_seconds: float = 0.0  # from the first shard submitted to the last page written
     page_bytes_total: int = 0
+    shard_cpu_seconds: float = 0.0  # CPU time spent inside compose_shard, summed over shards
 
     @property
     def users_per_s(self) -> float:
@@ -94,6 +95,7 @@ class PrecomputeReport:
         self.users += r.users
         self.page_bytes_total += r.page_bytes_total
         self.page_bytes_max = max(self.page_bytes_max, r.page_bytes_max)
+        self.shard_cpu_seconds += r.shard_cpu_seconds
         self.shards += 1
 
 
@@ -156,6 +158,7 @@ def compose_shard(model: ServingModel, shard: Shard, seed: int = 0, batch_users:
     the batch); ``advance(n)`` is called after each batch of ``n`` pages. ``now`` is the run's
     time, stamped on every page (the current time if None)."""
     now = now or dt.datetime.now(dt.timezone.utc)
+    c0 = time.process_time()
     counts = PrecomputeReport(model.version)
     items: dict[str, bytes] = {}
     bandit = ThompsonBandit(model.features.cluster_names)
@@ -180,6 +183,7 @@ def compose_shard(model: ServingModel, shard: Shard, seed: int = 0, batch_users:
         counts.users += hi - lo
         if advance:
             advance(hi - lo)
+    counts.shard_cpu_seconds = time.process_time() - c0
     return ShardResult(shard.index, counts, items)
 
 
