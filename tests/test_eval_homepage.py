@@ -6,8 +6,14 @@ evaluation contract (never a training title, best first, -1 padding) and to comp
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
+from eval_lake import catalog_table, rating_events, write_world
+from reelrec.cli import app
 
 from reelrec.batch.pipeline import PipelineConfig
 from reelrec.compose.config import ComposeConfig
@@ -77,3 +83,32 @@ def test_the_same_seed_gives_the_same_pages(fitted):
     split, model, recs = fitted
     again = model.recommend(split.test_rows, K)
     np.testing.assert_array_equal(again, recs)
+
+
+def test_evaluate_scores_the_homepage_beside_the_ranker(tmp_path):
+    """``reelrec evaluate`` end to end on a small ratings lake: both models scored on one split."""
+    rng = np.random.default_rng(5)
+    genres = ["drama", "comedy", "horror", "crime"]
+    users, items = [], []
+    for u in range(60):
+        g = u % 4
+        liked = rng.choice(np.arange(g * 15, g * 15 + 15), 10, replace=False)
+        for t in set(liked.tolist()) | set(rng.choice(60, 3, replace=False).tolist()):
+            users.append(u)
+            items.append(t)
+    n = len(users)
+    events = rating_events(np.array(users), np.array(items), rng.integers(3, 6, n),
+                           1_600_000_000 + rng.integers(0, 90 * 86400, n), "t")
+    ids = [f"t{i}" for i in range(60)]
+    write_world(tmp_path / "lake", events, catalog_table(ids, ids, [[genres[i // 15]] for i in range(60)]))
+    out = tmp_path / "out.json"
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(tmp_path / "lake"), "--protocol",
+                                   "msr-stratified", "--k", "5", "--json", str(out),
+                                   "--models", "popularity,reelrec-ranker,reelrec-homepage"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert not doc["unavailable"]
+    home = doc["models"]["reelrec-homepage"]
+    assert 0.0 < home["ndcg@5"] <= 1.0 and len(home["curves"]["ndcg"]) == 20
+    assert home["params"]["pages"] == doc["split"]["test_users"]
+    assert "| reelrec-homepage |" in res.output
