@@ -112,3 +112,16 @@ def test_evaluate_scores_the_homepage_beside_the_ranker(tmp_path):
     assert 0.0 < home["ndcg@5"] <= 1.0 and len(home["curves"]["ndcg"]) == 20
     assert home["params"]["pages"] == doc["split"]["test_users"]
     assert "| reelrec-homepage |" in res.output
+
+
+def test_every_training_title_is_an_exclusion_for_composition(fitted):
+    """Serving excludes only rejected, finished and in-progress titles; the evaluator adds the rest
+    of the user's training titles, so popular backfill cannot bring one back."""
+    split, model, _ = fitted
+    seen = seen_matrix(split.train.matrix)
+    for row in split.test_rows[:50]:
+        serving, strict, titles = model._profile(int(row))
+        np.testing.assert_array_equal(np.sort(titles), seen[int(row)].indices)
+        assert set(titles.tolist()) <= set(strict.thumbs_down.tolist())
+        assert set(serving.thumbs_down.tolist()) <= set(strict.thumbs_down.tolist())
+        assert strict.n_engaged == serving.n_engaged and strict.user_id == serving.user_id
