@@ -229,21 +229,26 @@ class SpeedLayer:
         logs: dict[str, str] = {}
         unmarked = set(with_mark) - marked
         to_count: list[tuple[dict, dict]] = []
+        set_f: dict[str, dict[str, str]] = {}
+        shown: dict[str, list[str]] = {}
         for u in users:
             done, log_json = self._apply_user(u, by_user[u], fields[u], ref, marked, model, base,
-                                              touched)
+                                              touched, set_f, shown)
             res.duplicates += done
             if log_json is not None:
                 logs[u] = log_json
             to_count += [(e, fields[u]) for _, e in by_user[u] if str(e["event_id"]) in unmarked]
+        # one round trip each for every user of the batch
+        self.state.set_fields_many(set_f)
+        self.state.add_exposure_many(shown)
         if touched:
             changed = sorted(touched)
             self.recompute(changed, model, base, bandit, fields={u: fields[u] for u in changed})
             now = time.time()
             res.recomputed = changed
             res.lag_s = [now - touched[u] for u in changed]
-        for u, log_json in logs.items():  # after the pages: a logged event is in a page
-            self.state.set_fields(u, {LOG_FIELD: log_json})
+        # after the pages: a logged event is in a page
+        self.state.set_fields_many({u: {LOG_FIELD: v} for u, v in logs.items()})
         if to_count:
             first = self.state.seen_many([str(e["event_id"]) for e, _ in to_count])
             self._count([p for p, again in zip(to_count, first) if not again], model, base, bandit)
@@ -252,10 +257,13 @@ class SpeedLayer:
 
     def _apply_user(self, u: str, events: list[tuple[float, dict]], f: dict[str, str], ref: float,
                     marked: set[str], model: ServingModel, base: BaseHistory,
-                    touched: dict[str, float]) -> tuple[int, str | None]:
+                    touched: dict[str, float], set_fields: dict[str, dict[str, str]],
+                    exposure: dict[str, list[str]]) -> tuple[int, str | None]:
         """The idempotent effects of one user's events. ``f`` (their fields) is updated in place,
-        the merged online log included, which the caller writes after the page. Returns how
-        many events were applied before, and the new log (None when unchanged)."""
+        the merged online log included, which the caller writes after the page; the fields and
+        exposure to write go to ``set_fields`` and ``exposure`` (the caller writes them for the
+        whole batch at once). Returns how many events were applied before, and the new log
+        (None when unchanged)."""
         set_f: dict[str, str] = {}
         shown: list[str] = []
         progress: dict[str, float | None] = {}  # title -> last play time, None once finished
@@ -297,10 +305,10 @@ class SpeedLayer:
             log_json = json.dumps((old + new_log)[-MAX_LOG:], separators=(",", ":"))
             f[LOG_FIELD] = log_json
         if set_f:
-            self.state.set_fields(u, set_f)
+            set_fields[u] = set_f
             f.update(set_f)
         if shown:
-            self.state.add_exposure(u, shown)
+            exposure[u] = shown
         for title, ts in progress.items():
             if ts is None:
                 self.state.clear_in_progress(u, title)
@@ -357,8 +365,7 @@ class SpeedLayer:
             names = list(arms)
             self.state.bandit_update(names, [arms[a][0] for a in names],
                                      [arms[a][1] for a in names])
-        for u, f in cleared.items():
-            self.state.set_fields(u, f)
+        self.state.set_fields_many(cleared)
 
     def _log(self, user_id: str) -> list[dict]:
         raw = self.state.fields(user_id).get(LOG_FIELD)

@@ -142,6 +142,11 @@ class OnlineState(ABC):
     def fields(self, user_id: str) -> dict[str, str]:
         """All fields of a user ({} if none)."""
 
+    def set_fields_many(self, fields: Mapping[str, Mapping[str, str | int | float]]) -> None:
+        """``set_fields`` for many users in one round trip where the backend allows."""
+        for u, f in fields.items():
+            self.set_fields(u, f)
+
     def fields_many(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The fields of many users in one round trip where the backend allows ({} if none)."""
         return {u: self.fields(u) for u in _ids(user_ids, "user_ids")}
@@ -161,6 +166,11 @@ class OnlineState(ABC):
     @abstractmethod
     def exposure(self, user_id: str) -> set[str]:
         """Titles ever shown to the user (while the state lives)."""
+
+    def add_exposure_many(self, shown: Mapping[str, Sequence[str]]) -> None:
+        """``add_exposure`` for many users in one round trip where the backend allows."""
+        for u, titles in shown.items():
+            self.add_exposure(u, titles)
 
     def exposure_many(self, user_ids: Sequence[str]) -> dict[str, set[str]]:
         """The exposure sets of many users in one round trip where the backend allows."""

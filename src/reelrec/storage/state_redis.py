@@ -108,6 +108,18 @@ class RedisState(OnlineState):
             h = self._r.hgetall(self._uk(user_id, "f"))
         return {a.decode(): b.decode() for a, b in h.items()}
 
+    def set_fields_many(self, fields):
+        todo = {_user(u): f for u, f in fields.items() if f}
+        if not todo:
+            return
+        with translated("HSET fields", self.url):
+            pipe = self._r.pipeline(transaction=False)
+            for u, f in todo.items():
+                k = self._uk(u, "f")
+                pipe.hset(k, mapping={str(a): str(b) for a, b in f.items()})
+                self._touch(pipe, k)
+            pipe.execute()
+
     def fields_many(self, user_ids):
         ids = _ids(user_ids, "user_ids")
         if not ids:
@@ -147,6 +159,19 @@ class RedisState(OnlineState):
     def exposure(self, user_id):
         with translated("SMEMBERS exposure", self.url):
             return {x.decode() for x in self._r.smembers(self._uk(user_id, "x"))}
+
+    def add_exposure_many(self, shown):
+        todo = {_user(u): _ids(t, "title_ids") for u, t in shown.items()}
+        todo = {u: t for u, t in todo.items() if t}
+        if not todo:
+            return
+        with translated("SADD exposure", self.url):
+            pipe = self._r.pipeline(transaction=False)
+            for u, t in todo.items():
+                k = self._uk(u, "x")
+                pipe.sadd(k, *t)
+                self._touch(pipe, k)
+            pipe.execute()
 
     def exposure_many(self, user_ids):
         ids = _ids(user_ids, "user_ids")
