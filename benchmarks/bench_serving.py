@@ -350,8 +350,11 @@ def settle(ps: dict, quiet_s: float = 2.0, deadline_s: float = 60.0) -> None:
         last = now
 
 
-def worker_memory(rep, data: Path, redis_port: int, events_n: int, tmp: Path) -> None:
-    """RSS of the speed and aggregate workers after a burst of events from a Kafka broker."""
+def worker_memory(rep, data: Path, redis_port: int, events_n: int, tmp: Path):
+    """RSS of the speed and aggregate workers after a burst of events from a Kafka broker.
+
+    A generator: it pauses once the workers are started, so that their start can overlap other
+    work; exhausting it measures and stops them, closing it stops them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -394,6 +397,7 @@ def worker_memory(rep, data: Path, redis_port: int, events_n: int, tmp: Path) ->
             tmp / "worker-speed.log")
         procs["aggregate"] = spawn([sys.executable, "-m", "reelrec.cli", "worker", "aggregate", *common],
                                    tmp / "worker-aggregate.log")
+        yield  # the caller may run other work while the workers start
         import psutil
         ps = {k: psutil.Process(p.pid) for k, p in procs.items()}
         settle(ps)
@@ -495,7 +499,7 @@ def main() -> None:
     say(f"machine: {describe_machine(machine())}; load generator: {gen}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     procs: list[subprocess.Popen] = []
-    redis_proc = workdir = None
+    redis_proc = workdir = workers = None
     try:
         data, times = build_world(args, tmp)
         for step, s in times.items():
@@ -525,6 +529,10 @@ def main() -> None:
             servers[name] = (proc, port)
         for name, (proc, port) in servers.items():
             wait_port(port, proc, f"API server ({name} cache)")
+        if not args.no_workers:
+            workers = worker_memory(rep, data, rport, worker_events, tmp)
+            if args.quick:  # a smoke test: let the workers start while the servers are measured
+                next(workers, None)
         import httpx
         modes: dict[str, int] = {}
         for name, (proc, port) in servers.items():
@@ -637,13 +645,16 @@ def main() -> None:
         for name, (proc, _) in servers.items():
             rep.value(f"API RSS after the load, {name} cache", rss_mib(proc.pid), "MiB")
         redis_memory(rep, rport, data, users, page_growth)
-        if not args.no_workers:
+        if workers is not None:
             say("workers: RSS after a burst of events from tansu")
-            worker_memory(rep, data, rport, worker_events, tmp)
+            for _ in workers:
+                pass
         rep.detail("runs", runs)
         rep.detail("mget_keys", keys)
         raw.close()
     finally:
+        if workers is not None:
+            workers.close()
         for p in procs:
             err = stop(p, signal.SIGINT)
             if p.returncode not in (0, -2, -15) and err:

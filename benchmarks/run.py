@@ -110,8 +110,8 @@ def run_one(script: Path, out_dir: Path, quick: bool, timeout_s: float, extra: l
 
 
 def flatten(value, prefix: str = "") -> list[tuple[str, float]]:
-    """Numeric leaves of a JSON value as (dotted path, number); list items of dicts are named by
-    their first string field (``stages[fit pipeline].seconds``)."""
+    """Numeric leaves of a JSON value as (dotted path, number); a list item that is a dict is named
+    by its first two text or integer fields (``ann[index=hnsw, ef_search=256].recall@100``)."""
     if isinstance(value, bool):
         return []
     if isinstance(value, (int, float)):
@@ -122,8 +122,13 @@ def flatten(value, prefix: str = "") -> list[tuple[str, float]]:
             out += flatten(v, f"{prefix}.{k}" if prefix else str(k))
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            label = next((x for x in v.values() if isinstance(x, str)), str(i)) if isinstance(v, dict) else str(i)
-            out += flatten(v, f"{prefix}[{label}]")
+            if isinstance(v, dict):  # named by its first two text or integer fields
+                keys = [k for k, x in list(v.items())[:2]
+                        if isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool))]
+                label = ", ".join(f"{k}={v[k]}" for k in keys) or str(i)
+                out += flatten({k: x for k, x in v.items() if k not in keys}, f"{prefix}[{label}]")
+            else:
+                out += flatten(v, f"{prefix}[{i}]")
     return out
 
 
