@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _procs import free_port, say, wait_port  # noqa: E402
 
 from reelrec.domain.catalog import Catalog, Title  # noqa: E402
 from reelrec.domain.events import parse_event, validate_records  # noqa: E402
@@ -48,28 +50,6 @@ from reelrec.workers.revalidate import check_messages  # noqa: E402
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TITLES = 2000
 
-
-def say(*a):
-    print(*a, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str, deadline_s: float = 60) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"{what} did not listen on {port}")
 
 
 def catalog() -> Catalog:

@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,31 +49,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
 sys.path.insert(0, SRC)
 sys.path.insert(0, str(ROOT / "tests"))  # fixtures_servers.tansu_binary
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _procs import free_port, say, wait_port  # noqa: E402
 
 CONSTANT = "/bench/constant-page"
 
-
-def say(*a) -> None:
-    print(*a, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str, deadline_s: float = 120) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"{what} did not listen on {port} within {deadline_s} s")
 
 
 def spawn(argv: list[str], log: Path) -> subprocess.Popen:
@@ -141,7 +121,7 @@ def start_redis() -> tuple[subprocess.Popen, int, str]:
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", workdir],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc, "redis-server")
+    wait_port(port, proc, "redis-server", deadline_s=120)
     return proc, port, workdir
 
 
@@ -375,7 +355,7 @@ def worker_memory(rep, data: Path, redis_port: int, events_n: int, tmp: Path):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs: dict[str, subprocess.Popen] = {}
     try:
-        wait_port(kport, tansu, "tansu")
+        wait_port(kport, tansu, "tansu", deadline_s=120)
         bus_url = f"kafka://127.0.0.1:{kport}?topic=bench-serving-{uuid.uuid4().hex[:6]}&partitions=2"
         # real events of the world, as new ones: fresh ids, timestamps now
         lake = open_lake(load_settings(data_dir=data).lake)
@@ -528,7 +508,7 @@ def main() -> None:
             procs.append(proc)
             servers[name] = (proc, port)
         for name, (proc, port) in servers.items():
-            wait_port(port, proc, f"API server ({name} cache)")
+            wait_port(port, proc, f"API server ({name} cache)", deadline_s=120)
         if not args.no_workers:
             workers = worker_memory(rep, data, rport, worker_events, tmp)
             if args.quick:  # a smoke test: let the workers start while the servers are measured
