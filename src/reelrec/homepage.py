@@ -189,6 +189,7 @@ class ServingModel:
         self._unit: np.ndarray | None = None
         self.user_row = ({u: i for i, u in enumerate(pipeline.user_ids)}
                          if pipeline.user_ids is not None else {})
+        self.title_col = {str(t): i for i, t in enumerate(features.ids)}
 
     # --- loading ---------------------------------------------------------------------------
     @classmethod
@@ -233,14 +234,12 @@ class ServingModel:
         Raises:
             NotFound: the model does not know the title.
         """
-        ids = self.pipeline.art.title_ids
-        hit = np.flatnonzero(ids == title_id)
-        if not len(hit):
+        i = self.title_col.get(title_id)
+        if i is None:
             raise NotFound(f"title {title_id!r} is not in model version {self.version}")
         if self._unit is None:
             v = self.pipeline.art.item_factors.astype(np.float32)
             self._unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
-        i = int(hit[0])
         sims = self._unit @ self._unit[i]
         sims[i] = -np.inf
         k = min(k, len(sims) - 1)

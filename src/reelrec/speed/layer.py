@@ -373,8 +373,8 @@ class SpeedLayer:
 
     @staticmethod
     def _cluster(model: ServingModel, title: str) -> str | None:
-        hit = np.flatnonzero(model.features.ids == title)
-        return model.features.cluster_names[int(model.features.cluster[hit[0]])] if len(hit) else None
+        i = model.title_col.get(title)
+        return None if i is None else model.features.cluster_names[int(model.features.cluster[i])]
 
     # --- recomputing pages ------------------------------------------------------------------------
     def recompute(self, users: list[str], model: ServingModel | None = None,
