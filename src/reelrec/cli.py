@@ -37,9 +37,10 @@ err_console = Console(stderr=True)
 DataOpt = typer.Option(None, "--data", help="data directory (default ./reelrec-data or REELREC_DATA_DIR)")
 
 
-def settings_for(data: Optional[Path]):
+def settings_for(data: Optional[Path], **overrides):
+    """Settings with ``--data`` and any other flags given (None means: not given)."""
     from reelrec.config import load_settings
-    return load_settings(data_dir=data)
+    return load_settings(data_dir=data, **overrides)
 
 
 def fail(exc: ReelrecError) -> None:
@@ -341,7 +342,7 @@ def retrain(data: Optional[Path] = DataOpt,
     s = settings_for(data)
     t0 = time.perf_counter()
     try:
-        with open_cache(cache or default_cache_url(s)) as c, RichProgress() as progress:
+        with open_cache(cache or s.cache) as c, RichProgress() as progress:
             bar = _PagesBar(progress)
             try:
                 res = run_retrain(s, c, tune=tune, progress=bar,
@@ -529,10 +530,6 @@ def models_publish(version: str = typer.Argument(...), data: Optional[Path] = Da
 
 
 # --- homepages -----------------------------------------------------------------------------------
-def default_cache_url(s) -> str:
-    return s.cache
-
-
 @app.command()
 def precompute(data: Optional[Path] = DataOpt,
                cache: Optional[str] = typer.Option(None, help="cache URL (default: memory snapshot in DIR)"),
@@ -552,7 +549,7 @@ def precompute(data: Optional[Path] = DataOpt,
     from reelrec.batch.precompute import precompute as run
     from reelrec.storage.cache import open_cache
     s = settings_for(data)
-    url = cache or default_cache_url(s)
+    url = cache or s.cache
 
     class Bar:
         def __init__(self, p):
@@ -594,7 +591,7 @@ def homepage(user_id: str = typer.Argument(...), data: Optional[Path] = DataOpt,
     s = settings_for(data)
     region = region or _user_region(s, user_id)
     try:
-        with open_cache(cache or default_cache_url(s)) as c:
+        with open_cache(cache or s.cache) as c:
             doc = HomepageReader(s, c).read(user_id, region=region, device=device, hour=hour)
     except ReelrecError as exc:
         fail(exc)
@@ -698,7 +695,7 @@ def worker_speed(bus: Optional[str] = typer.Option(None, help="event bus URL, e.
     progress_logging()
     stop = stop_on_signals()
     try:
-        s = load_settings_for_worker(data, bus_url=bus, cache_url=cache, state_url=state)
+        s = settings_for(data, bus_url=bus, cache_url=cache, state_url=state)
         with open_bus(bus_url_of(s)) as b, open_cache(s.cache) as c, open_state(s.state_url) as st:
             if isinstance(b, MemoryBus):
                 raise InvalidInput("an in-process bus is empty in a worker process of its own: in "
@@ -710,11 +707,6 @@ def worker_speed(bus: Optional[str] = typer.Option(None, help="event bus URL, e.
         fail(exc)
     console.print(f"speed worker stopped: {stats.events:,} events, {stats.duplicates:,} already "
                   f"applied, {stats.pages:,} pages rewritten, {stats.dead_lettered:,} dead-lettered")
-
-
-def load_settings_for_worker(data, **urls):
-    from reelrec.config import load_settings
-    return load_settings(data_dir=data, **urls)
 
 
 def main() -> None:
