@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ./reelrec-data
 
-.PHONY: demo test install install-test chromium bench clean
+.PHONY: demo test install install-test chromium wrk bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,12 @@ chromium:
 	  (command -v apt-get >/dev/null && (apt-get update -q && apt-get install -y -q chromium) || \
 	   (echo "chromium is missing and could not be installed with apt-get: the browser tests will be skipped" >&2))
 
+# The serving benchmark drives the API with Debian's wrk (a Python load generator stands in without it).
+wrk:
+	@command -v wrk >/dev/null || \
+	  (command -v apt-get >/dev/null && (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)) || \
+	   (echo "wrk is missing and could not be installed with apt-get: bench_serving uses its Python load generator" >&2))
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test chromium
 
@@ -35,7 +41,7 @@ demo: install
 test: install-test
 	$(BIN)/python -m pytest -q
 
-bench: install-test
+bench: install-test wrk
 	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick)
 
 clean:
