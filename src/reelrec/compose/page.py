@@ -215,22 +215,22 @@ def decode_page(blob: bytes, features: CatalogFeatures, user_id: str = "") -> Co
 def _decode_top(r: _Reader, s: Shelf, features: CatalogFeatures, b: int) -> None:
     n = len(s.titles)
     s.slots = r.array(n, 2).astype(np.uint8)
-    anchors = r.array(r.get(4), b)
+    anchors = r.array(r.get(4), b).tolist()
     packed = r.array(n, 8)
-    codes, nib = (packed >> 4).astype(np.uint8), packed & 15
-    args = np.full(n, -1, np.int64)
-    for j in range(n):
-        c, p = int(codes[j]), int(nib[j])
+    codes = (packed >> 4).astype(np.uint8)
+    args = [-1] * n
+    # per item in Python ints (a page has ~20): numpy scalar indexing would cost more than the work
+    for j, (c, p, t) in enumerate(zip(codes.tolist(), (packed & 15).tolist(), s.titles.tolist())):
         if p == NONE_NIBBLE:
             continue
         if c in R.GENRE_ARG:
-            tg = features.title_genres[int(s.titles[j])]
-            args[j] = tg[p] if p < len(tg) else -1
+            tg = features.title_genres[t]
+            args[j] = int(tg[p]) if p < len(tg) else -1
         elif c in R.TITLE_ARG:
-            args[j] = int(anchors[p]) if p < len(anchors) else -1
+            args[j] = anchors[p] if p < len(anchors) else -1
         else:
             args[j] = p
-    s.reasons, s.reason_args = codes, args
+    s.reasons, s.reason_args = codes, np.asarray(args, np.int64)
     lo, hi = struct.unpack(">ff", r.raw(8))
     q = r.array(n, 8)
     s.scores = lo + q / 255.0 * (hi - lo)
@@ -271,6 +271,13 @@ class Assembler:
         self._names = features.names.tolist()
         self._kinds = [KINDS[k] if 0 <= k < 3 else "movie" for k in features.kind.tolist()]
         self._genres: dict[int, list[str]] = {}
+        self._static: dict[int, dict] = {}
+        # reads repeat the same words and the same shared shelves for every user of a region:
+        # reasons are rendered once per (code, argument, region), and a shared shelf's items once
+        # per decoded shelf and region (keyed by the shelf object, which callers reuse while its
+        # cached bytes do not change). Both stay small: bounded by codes x arguments x regions.
+        self._reasons: dict[tuple[int, int, str | None], str] = {}
+        self._shared_items: dict[int, tuple[object, str | None, list[int], list[dict]]] = {}
 
     def _genres_of(self, t: int) -> list[str]:
         g = self._genres.get(t)
@@ -279,10 +286,39 @@ class Assembler:
             self._genres[t] = g
         return g
 
+    def reason(self, code: int, arg: int, region: str | None) -> str:
+        key = (code, arg, region)
+        text = self._reasons.get(key)
+        if text is None:
+            if len(self._reasons) > 100_000:
+                self._reasons.clear()
+            text = self._reasons[key] = R.render(code, arg, self.f, region)
+        return text
+
+    def _shared(self, got: SharedShelf, code: int, region: str | None) -> tuple[list[int], list[dict]]:
+        """A shared shelf's titles and rendered items (ranks are positions before any user's
+        hidden titles are dropped), rendered once per shelf object and region."""
+        entry = self._shared_items.get(id(got))
+        if entry is None or entry[0] is not got or entry[1] != region:
+            if len(self._shared_items) > 4096:
+                self._shared_items.clear()
+            titles = got.titles.tolist()
+            reasons = [self.reason(code, k, region) for k in range(1, len(titles) + 1)]
+            items = self._items(titles, [0] * len(titles), reasons, region, [None] * len(titles))
+            entry = self._shared_items[id(got)] = (got, region, titles, items)
+        return entry[2], entry[3]
+
+    def _title_fields(self, t: int) -> dict:
+        """The fields of an item that depend on the title alone (built once per title)."""
+        got = self._static.get(t)
+        if got is None:
+            got = self._static[t] = {"title_id": self._ids[t], "name": self._names[t],
+                                     "kind": self._kinds[t], "genres": self._genres_of(t)}
+        return got
+
     def _items(self, titles, slots, reasons, region, scores) -> list[dict]:
-        ids, names, kinds = self._ids, self._names, self._kinds
-        return [{"title_id": ids[t], "name": names[t], "kind": kinds[t], "genres": list(self._genres_of(t)),
-                 "slot_kind": SLOT_KINDS[s], "reason": reason, "score": sc}
+        fields = self._title_fields
+        return [{**fields(t), "slot_kind": SLOT_KINDS[s], "reason": reason, "score": sc}
                 for t, s, reason, sc in zip(titles, slots, reasons, scores)]
 
     def shelf_header(self, s: Shelf, region: str | None) -> tuple[str, str]:
@@ -310,7 +346,8 @@ class Assembler:
     def document(self, page: ComposedPage, model_version: str,
                  shared: Mapping[str, SharedShelf | bytes] | None = None) -> dict:
         """The Page document. Shared shelves missing from ``shared`` are left out; the user's
-        ``hidden`` titles are dropped from the shared ones."""
+        ``hidden`` titles are dropped from the shared ones. Documents share the item dicts of
+        shared shelves with other reads: treat them as read-only."""
         f, region = self.f, page.region
         shelves = []
         hidden = set(np.asarray(page.hidden).tolist())
@@ -322,18 +359,19 @@ class Assembler:
                 if got is None:
                     continue
                 got = decode_shared(got) if isinstance(got, (bytes, bytearray)) else got
-                ranks = list(range(1, len(got.titles) + 1))
-                keep = [(t, k) for t, k in zip(got.titles.tolist(), ranks) if t not in hidden]
-                titles = [t for t, _ in keep]
                 code = {TRENDING: R.TRENDING, TOP10: R.TOP10, NEW: R.NEW_RELEASE, TOP10_GLOBAL: R.TOP10_GLOBAL}[s.type]
-                reasons = [R.render(code, k, f, region) for _, k in keep]
-                items = self._items(titles, [0] * len(titles), reasons, region, [None] * len(titles))
+                all_titles, all_items = self._shared(got, code, region)
+                if hidden.isdisjoint(all_titles):
+                    items = list(all_items)
+                else:
+                    items = [i for t, i in zip(all_titles, all_items) if t not in hidden]
             elif s.type == TOP_PICKS:
-                reasons = [R.render(c, a, f, region) for c, a in zip(s.reasons.tolist(), s.reason_args.tolist())]
-                scores = [round(float(x), 6) for x in s.scores]
+                reason = self.reason
+                reasons = [reason(c, a, region) for c, a in zip(s.reasons.tolist(), s.reason_args.tolist())]
+                scores = [round(x, 6) for x in s.scores.tolist()]
                 items = self._items(titles, s.slots.tolist(), reasons, region, scores)
             else:
-                why = R.render(s.reason, s.reason_arg, f, region)
+                why = self.reason(s.reason, s.reason_arg, region)
                 items = self._items(titles, [0] * len(titles), [why] * len(titles), region, [None] * len(titles))
             if items or s.type == TOP_PICKS:
                 shelves.append({"id": sid, "title": title, "items": items})
