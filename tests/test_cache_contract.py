@@ -107,6 +107,31 @@ def test_another_client_sees_the_switch_on_its_next_read(backend):
     assert reader.current_version() == "v2"
 
 
+def test_async_reads_match_sync_reads_and_follow_a_switch(backend):
+    """aget_many (the API's read on its event loop) reads what get_many reads, on every backend,
+    and follows the pointer to a new version; reads from two event loops in turn both work."""
+    import asyncio
+    reader, writer = backend(), backend()
+    assert asyncio.run(reader.aget_many([page_key("0")])) == (None, [None])
+    writer.put(pages("v1", range(5)), version="v1")
+    writer.put({shelf_key("top10:US"): b"\x00shelf"}, version="v1")
+    writer.publish("v1")
+    keys = [page_key("3"), page_key("missing"), shelf_key("top10:US"), page_key("0")]
+
+    async def read(k, **kw):
+        try:
+            return await reader.aget_many(k, **kw)
+        finally:
+            await reader.aclose()
+
+    assert asyncio.run(read(keys)) == reader.get_many(keys) == (
+        "v1", [b"v1|page-of-3", None, b"\x00shelf", b"v1|page-of-0"])
+    writer.put(pages("v2", range(5)), version="v2")
+    writer.publish("v2")
+    assert asyncio.run(read(keys[:1])) == ("v2", [b"v2|page-of-3"])
+    assert asyncio.run(read(keys[:1], version="v1")) == ("v1", [b"v1|page-of-3"])
+
+
 def test_readers_never_see_a_mix_of_versions_during_switches(backend):
     writer = backend()
     keys = [page_key(str(u)) for u in range(50)]
@@ -212,6 +237,9 @@ def test_unreachable_redis_is_unavailable():
         c.get_many([page_key("1")])
     with pytest.raises(Unavailable):
         c.put({page_key("1"): b"x"}, version="v1")
+    import asyncio
+    with pytest.raises(Unavailable):
+        asyncio.run(c.aget_many([page_key("1")]))
 
 
 @pytest.mark.parametrize("url, field", [

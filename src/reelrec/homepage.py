@@ -36,7 +36,7 @@ from reelrec.compose.shelves import (SHARED_TYPES, ComposedPage, SharedShelf, sh
 from reelrec.config import Settings
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import index_of
-from reelrec.errors import Conflict, NotFound
+from reelrec.errors import Conflict, NotFound, Unavailable
 from reelrec.log import get_logger
 from reelrec.storage.cache import page_key, shelf_key
 
@@ -178,6 +178,7 @@ class ServingModel:
         self.cold = ColdStartPriors(features, pop_region, self.cfg)
         self.neighbours = Neighbours(pipeline.art.covisit)
         self.assembler = Assembler(features)
+        self._shared_decoded: dict[bytes, SharedShelf] = {}
         self.today = today or dt.datetime.fromtimestamp(pipeline.art.ref_s or 0, UTC).date()
         self.shared: dict[str, SharedShelf] = {}
         for region in sorted(set(self.regions) | set(features.regions)) + [None]:
@@ -272,6 +273,17 @@ class ServingModel:
         region_shared = {k: self.shared[k] for k in shared_keys(page.region) if k in self.shared}
         return self.assembler.document(page, self.version, region_shared)
 
+    def _decode_shared(self, blob: bytes) -> SharedShelf:
+        """A shared shelf from its bytes, decoded once while the bytes stay the same (every read
+        of a region carries the same few shelves; the same object lets the assembler reuse the
+        shelf's rendered items)."""
+        got = self._shared_decoded.get(blob)
+        if got is None:
+            if len(self._shared_decoded) > 1024:
+                self._shared_decoded.clear()
+            got = self._shared_decoded[bytes(blob)] = decode_shared(blob)
+        return got
+
     def assemble(self, user_id: str, blob: bytes, shared: Mapping[str, bytes | None],
                  region: str | None = None) -> dict:
         """The Page document from a cached page and the shelves read with it (``shelf_key``
@@ -288,7 +300,7 @@ class ServingModel:
         for k in shared_keys(page.region):
             got = shared.get(shelf_key(k))
             if got is not None:
-                region_shared[k] = decode_shared(got)
+                region_shared[k] = self._decode_shared(got)
             elif k in self.shared:
                 region_shared[k] = self.shared[k]
         return self.assembler.document(page, self.version, region_shared)
@@ -387,7 +399,6 @@ class HomepageReader:
             try:
                 m = ServingModel.load(self.settings)  # the published model in the store
             except (NotFound, Conflict) as exc:
-                from reelrec.errors import Unavailable
                 raise Unavailable(f"no model to serve yet: {exc}") from None
             self._keep(m)
             self._live = self._live or m.version
@@ -399,19 +410,42 @@ class HomepageReader:
 
         ``fresh`` (after onboarding): a user without a personal page gets a cold-start page
         composed now from ``onboarding`` rather than a cached one."""
-        from reelrec.errors import Unavailable
         try:
             got = self.cache.get_many(read_keys(user_id, region))
         except Unavailable as exc:
-            log.warning("cache unavailable; serving the fallback page", error=str(exc))
-            self.on_read("error")
-            model = self.model()
-            doc = model.document(model.fallback(user_id, region))
-            return doc
+            return self._fallback_page(user_id, region, exc)
+        return self._page(user_id, region, got, onboarding, device, hour, fresh)
+
+    async def aread(self, user_id: str, region: str | None = None, device: str | None = None,
+                    hour: int | None = None) -> dict:
+        """``read`` for an event loop: the one cache read awaits the cache's asyncio client (no
+        worker thread per request); a model version this process has not loaded yet is loaded on
+        a worker thread, so the loop keeps serving while it loads. Assembly is CPU work of a
+        fraction of a millisecond and runs on the loop."""
+        import asyncio
+        try:
+            got = await self.cache.aget_many(read_keys(user_id, region))
+        except Unavailable as exc:
+            if not self._models:
+                await asyncio.to_thread(self.model)
+            return self._fallback_page(user_id, region, exc)
+        if got.version not in self._models and got.version not in self._bad:
+            await asyncio.to_thread(self.model, got.version)
+        return self._page(user_id, region, got, (), device, hour, False)
+
+    def _fallback_page(self, user_id: str, region: str | None, exc: Exception) -> dict:
+        log.warning("cache unavailable; serving the fallback page", error=str(exc))
+        self.on_read("error")
+        model = self.model()
+        return model.document(model.fallback(user_id, region))
+
+    def _page(self, user_id: str, region: str | None, got, onboarding: tuple[str, ...],
+              device: str | None, hour: int | None, fresh: bool) -> dict:
         model = self.model(got.version)
         if got.version is not None and model.version != got.version:
             # the published pages belong to a model this reader refused: serve the previous
-            # model's own pages (page blobs index that model's titles), still in the cache
+            # model's own pages (page blobs index that model's titles), still in the cache. A
+            # second, blocking read, also from aread: only while a refused version is published
             got = self.cache.get_many(read_keys(user_id, region), version=model.version)
         blob = got.values[0]
         if blob is not None and fresh:

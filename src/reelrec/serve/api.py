@@ -7,6 +7,7 @@ Unavailable 503 (with Retry-After). Malformed JSON is 400, an oversized body 413
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -14,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+import orjson
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, StringConstraints
 
@@ -218,6 +220,13 @@ async def _json_body(request: Request) -> Any:
         raise _HTTPError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
 
 
+def page_response(doc: dict) -> Response:
+    """A Page document as the JSON response. The reader builds documents of exactly the
+    ``PageOut`` shape (the schema tests hold it to that), so the route hands the bytes over
+    instead of validating every page again against the response model."""
+    return Response(orjson.dumps(doc), media_type="application/json")
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None,
                speed_layer: bool | None = None, scheduler: bool | None = None) -> FastAPI:
     """Build the API for ``settings`` (defaults: embedded backends under ./reelrec-data).
@@ -241,6 +250,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         worker, schedule = app.state.speed_worker, app.state.scheduler
+        await asyncio.to_thread(app.state.user_regions.get, "")  # load the users' regions before the first read
         if worker is not None:
             worker.start()
         if schedule is not None:
@@ -251,6 +261,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.jobs.close()
         if worker is not None:
             worker.stop()
+        await app.state.cache.aclose()
 
     app = FastAPI(title="reelrec", version=__version__, responses=common, lifespan=lifespan,
                   description="Homepages for a streaming catalog: events in, pages out.")
@@ -374,16 +385,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.get("/v1/users/{user_id}/homepage", tags=["homepage"], response_model=PageOut,
              responses={503: {"model": ErrorResponse}}, **scoped("read"))
-    def get_homepage(user_id: Annotated[str, Path(min_length=1, max_length=200)],
-                     device: Literal["tv", "mobile", "tablet", "web"] | None = None,
-                     hour: Annotated[int | None, Query(ge=0, le=23)] = None,
-                     region: Annotated[str | None, Query(min_length=1, max_length=8)] = None):
+    async def get_homepage(user_id: Annotated[str, Path(min_length=1, max_length=200)],
+                           device: Literal["tv", "mobile", "tablet", "web"] | None = None,
+                           hour: Annotated[int | None, Query(ge=0, le=23)] = None,
+                           region: Annotated[str | None, Query(min_length=1, max_length=8)] = None):
         """The user's page with one cache read; an unknown user gets the cold-start page for the
         request's region, device and hour. ``mode`` says which it is."""
         region = (region or app.state.user_regions.get(user_id) or "").upper() or None
-        doc = reader.read(user_id, region=region, device=device, hour=hour)
+        doc = await reader.aread(user_id, region=region, device=device, hour=hour)
         metrics.model_version.labels(doc["model_version"]).set(1)
-        return doc
+        return page_response(doc)
 
     @app.put("/v1/users/{user_id}", tags=["users"], status_code=202,
              responses={422: {"model": ErrorResponse}}, **scoped("write"))
@@ -414,8 +425,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if not result.accepted:
             raise InvalidInput(result.rejected)
         region = app.state.user_regions.get(user_id)
-        return reader.read(user_id, region=region, device=body.device,
-                           onboarding=tuple(g.lower() for g in body.genres), fresh=True)
+        return page_response(reader.read(user_id, region=region, device=body.device,
+                                         onboarding=tuple(g.lower() for g in body.genres), fresh=True))
 
     @app.get("/v1/titles/{title_id}/similar", tags=["titles"], response_model=list[TitleOut],
              responses={404: {"model": ErrorResponse}}, **scoped("read"))

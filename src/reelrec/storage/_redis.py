@@ -31,6 +31,18 @@ def connect(driver_url: str, *, timeout: float = 2.0) -> "redis.Redis":
         raise InvalidInput(str(exc), field="redis_url") from None
 
 
+def connect_async(driver_url: str, *, timeout: float = 2.0) -> "redis.asyncio.Redis":
+    """``connect`` for asyncio code: redis-py's asyncio client, with the same timeouts."""
+    import redis.asyncio
+    try:
+        return redis.asyncio.Redis.from_url(
+            driver_url, socket_connect_timeout=timeout, socket_timeout=timeout,
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="redis_url") from None
+
+
 @contextmanager
 def translated(what: str, url: str) -> Iterator[None]:
     """Turn redis-py's exceptions into reelrec's: a server we cannot use is ``Unavailable``."""

@@ -107,6 +107,12 @@ class HomepageCache(ABC):
         Missing or expired keys read as None; with no version published every value is None.
         """
 
+    async def aget_many(self, keys: Sequence[str], *, version: str | None = None) -> CacheRead:
+        """``get_many`` for an event loop. This default runs it on a worker thread; backends
+        with an asyncio client (Redis) or no I/O at all (memory) override it."""
+        import asyncio
+        return await asyncio.to_thread(self.get_many, keys, version=version)
+
     @abstractmethod
     def delete(self, keys: Sequence[str], *, version: str | None = None) -> int:
         """Delete keys of the current (or given) version; returns how many existed."""
@@ -133,6 +139,9 @@ class HomepageCache(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise ``Unavailable`` unless the backend answers (for readiness checks)."""
+
+    async def aclose(self) -> None:
+        """Release what ``aget_many`` opened on the running event loop (call before it ends)."""
 
     def snapshot(self) -> None:
         """Persist to disk where the backend keeps state only in memory; a no-op otherwise."""
@@ -210,6 +219,9 @@ class MemoryCache(HomepageCache):
                     hit = None
                 out.append(None if hit is None else hit[0])
             return CacheRead(v, out)
+
+    async def aget_many(self, keys, *, version=None):
+        return self.get_many(keys, version=version)  # a dict lookup under a lock: no I/O to wait on
 
     # -- versions -----------------------------------------------------------------------------
     def publish(self, version):

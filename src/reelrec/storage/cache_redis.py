@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import re
 import time
+import weakref
 
 from reelrec.errors import Conflict, InvalidInput, NotFound
 from reelrec.log import get_logger
-from reelrec.storage._redis import connect, redacted, translated
+from reelrec.storage._redis import connect, connect_async, redacted, translated
 from reelrec.storage.cache import CacheRead, HomepageCache, _check_items, _check_version, _ttl
 
 log = get_logger(__name__)
@@ -38,6 +39,8 @@ class RedisCache(HomepageCache):
         self.url = redacted(url)
         self.default_ttl = default_ttl
         self._r = self._connect(url)
+        self._driver_url = url
+        self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._p = f"{prefix}:c:"
         self._cur = f"{prefix}:c:cur"
         self._vers = f"{prefix}:c:vers"
@@ -108,6 +111,41 @@ class RedisCache(HomepageCache):
                 self._seen_version = cur  # the pointer moved: read again under the new version
             return CacheRead(cur, self._mget([self._k(cur, k) for k in keys]) if keys else [])
 
+    async def aget_many(self, keys, *, version=None):
+        """``get_many`` on redis-py's asyncio client (one per event loop): the same single
+        ``MGET`` with the pointer, without a worker thread per read."""
+        keys = list(keys)
+        r = self._async_client()
+        if version is not None:
+            v = _check_version(version)
+            if not keys:
+                return CacheRead(v, [])
+            with translated("MGET", self.url):
+                return CacheRead(v, await r.mget([self._k(v, k) for k in keys]))
+        with translated("MGET", self.url):
+            for _ in range(3):
+                seen = self._seen_version
+                if seen is None:
+                    res = [await r.get(self._cur)]
+                else:
+                    res = await r.mget([self._cur] + [self._k(seen, k) for k in keys])
+                cur = None if res[0] is None else res[0].decode()
+                if cur is None:
+                    return CacheRead(None, [None] * len(keys))
+                if cur == seen:
+                    return CacheRead(cur, res[1:])
+                self._seen_version = cur
+            return CacheRead(cur, await r.mget([self._k(cur, k) for k in keys]) if keys else [])
+
+    def _async_client(self):
+        """The asyncio client of the running loop (its connections belong to that loop)."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        got = self._aclients.get(loop)
+        if got is None:
+            got = self._aclients[loop] = connect_async(self._driver_url)
+        return got
+
     def delete(self, keys, *, version=None):
         keys = list(keys)
         if not keys:
@@ -165,6 +203,12 @@ class RedisCache(HomepageCache):
         v = self._resolve(version)
         with translated("MEMORY USAGE", self.url):
             return self._r.memory_usage(self._k(v, key), samples=0)
+
+    async def aclose(self):
+        import asyncio
+        got = self._aclients.pop(asyncio.get_running_loop(), None)
+        if got is not None:
+            await got.aclose()
 
     def close(self):
         self._r.close()

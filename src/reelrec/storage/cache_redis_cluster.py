@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from reelrec.errors import InvalidInput
 from reelrec.storage._redis import connect_cluster
-from reelrec.storage.cache import _check_version, shelf_key
+from reelrec.storage.cache import HomepageCache, _check_version, shelf_key
 from reelrec.storage.cache_redis import RedisCache, _glob_escape
 
 _SHELF = shelf_key("")  # keys made by shelf_key share the pointer's slot
@@ -57,6 +57,13 @@ class RedisClusterCache(RedisCache):
 
     def _connect(self, url: str):
         return connect_cluster(url, role="cache")
+
+    async def aget_many(self, keys, *, version=None):
+        # the cluster client groups the MGET by node; event-loop callers run it on a worker thread
+        return await HomepageCache.aget_many(self, keys, version=version)
+
+    async def aclose(self):
+        pass
 
     def _k(self, version: str, key: str) -> str:
         if key.startswith(_SHELF):
