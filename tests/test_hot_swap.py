@@ -128,21 +128,20 @@ def test_homepages_never_fail_while_a_new_version_is_trained_and_goes_live(tiny_
 
         # the speed layer follows: an event rewrites the user's page under the new version
         before = app.state.cache.get_many([page_key(user)], version=v2).values[0]
+        before_doc = admin.get(f"/v1/users/{user}/homepage").json()
         title = Catalog.load(world.data_dir).table.slice(0, 1).to_pylist()[0]
         assert admin.post("/v1/events", json=watch(user, title)).json()["accepted"] == 3
         wait_for(lambda: app.state.cache.get_many([page_key(user)], version=v2).values[0] != before,
                  30, "the speed layer rewrote the page under the new version")
         assert user in app.state.speed_worker.last.recomputed
 
-        # the three events may reach the speed layer in more than one batch: the first rewrite
-        # can predate the completion, so wait for the page that knows the title was watched
-        def first_shelf() -> dict:
-            return admin.get(f"/v1/users/{user}/homepage").json()
-
-        doc = wait_for(lambda: (lambda d: d if title["title_id"] not in
-                                {i["title_id"] for i in d["shelves"][0]["items"]} else None)(first_shelf()),
-                       30, "the watched title left the user's first shelf")
+        # and the API serves the rewritten page: under v2, personal, stamped no earlier than the
+        # page it replaced (stamps have 1 s resolution; the blob itself changed above). Whether the
+        # watched title leaves the page depends on the user (a rewatcher keeps finished titles);
+        # tests/test_speed.py checks that for a user who never rewatches.
+        doc = admin.get(f"/v1/users/{user}/homepage").json()
         assert doc["model_version"] == v2 and doc["mode"] == "personal"
+        assert doc["generated_at"] >= before_doc["generated_at"]
 
 
 def test_a_version_corrupted_after_its_pages_went_live_is_refused_and_the_previous_serves(tiny_world, tmp_path):
