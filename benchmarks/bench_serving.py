@@ -8,9 +8,10 @@ generator (wrk; a Python asyncio one when wrk is not installed) over every user'
 
 Baselines, measured in the same run and interleaved with the homepage runs:
 
-* the framework's floor: the same app (same middleware, scope check, response model and JSON
-  serialisation) answering ``/bench/constant-page`` with one user's page document captured at
-  start, i.e. a homepage without its cache read and page assembly;
+* the framework's floor: the same app answering ``/bench/constant-page/{user_id}``, a route of the
+  homepage's own shape (an async route with its path and query parameters, scope check, middleware, the same
+  ``page_response`` JSON encoding) with one user's page document captured at start, i.e. a
+  homepage without its cache read and page assembly; the load cycles over the same user ids;
 * ``/healthz``, the same server answering a tiny constant JSON;
 * ``redis-benchmark`` sending the homepage's own ``MGET`` (version pointer, user page, the
   region's shelves) to the same Redis, with as many connections: Redis's floor.
@@ -44,6 +45,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Path as PathParam
+from fastapi import Query
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
@@ -53,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _procs import free_port, say, wait_port  # noqa: E402
 
-CONSTANT = "/bench/constant-page"
+CONSTANT = "/bench/constant-page"  # + "/{user_id}"
 
 
 
@@ -86,7 +91,7 @@ def serve(data: Path, cache_url: str, port: int) -> None:
 
     from reelrec.config import load_settings
     from reelrec.domain.users import load_users
-    from reelrec.serve.api import PageOut, create_app, scoped
+    from reelrec.serve.api import PageOut, create_app, page_response, scoped
 
     settings = load_settings(data_dir=data, cache_url=cache_url, port=port)
     app = create_app(settings)
@@ -97,9 +102,12 @@ def serve(data: Path, cache_url: str, port: int) -> None:
     docs.sort(key=lambda d: len(json.dumps(d, default=str)))
     doc = docs[len(docs) // 2]
 
-    @app.get(CONSTANT, response_model=PageOut, **scoped("read"))
-    def constant_page():
-        return doc
+    @app.get(CONSTANT + "/{user_id}", response_model=PageOut, **scoped("read"))
+    async def constant_page(user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
+                            device: Literal["tv", "mobile", "tablet", "web"] | None = None,
+                            hour: Annotated[int | None, Query(ge=0, le=23)] = None,
+                            region: Annotated[str | None, Query(min_length=1, max_length=8)] = None):
+        return page_response(doc)
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -489,6 +497,7 @@ def main() -> None:
         paths = [f"/v1/users/{u}/homepage" for u, _ in users]
         rng = np.random.default_rng(args.seed)
         paths = [paths[i] for i in rng.permutation(len(paths))]
+        floor_paths = [p.replace("/v1/users/", CONSTANT + "/").removesuffix("/homepage") for p in paths]
 
         redis_proc, rport, workdir = start_redis()
         raw = redis.Redis(port=rport)
@@ -521,7 +530,7 @@ def main() -> None:
                     r = c.get(p)
                     r.raise_for_status()
                     modes[r.json()["mode"]] = modes.get(r.json()["mode"], 0) + 1
-                assert c.get(CONSTANT).status_code == 200
+                assert c.get(floor_paths[0]).status_code == 200
             rep.value(f"API RSS before the load, {name} cache (model loaded, 50 pages served)",
                       rss_mib(proc.pid), "MiB")
         rep.detail("modes_of_first_pages", modes)
@@ -541,11 +550,11 @@ def main() -> None:
             say(f"warming up ({gen}, {C} connections)")
             for name, (_, port) in servers.items():
                 load(port, paths, 1, C, tmp)
-                load(port, [CONSTANT], 1, C, tmp)
+                load(port, floor_paths, 1, C, tmp)
         for r in range(repeats):
             say(f"-- round {r + 1}/{repeats}: {seconds:.0f} s per run")
             for name, (proc, port) in servers.items():
-                for label, ps in ((f"{name}: homepage", paths), (f"{name}: floor", [CONSTANT])):
+                for label, ps in ((f"{name}: homepage", paths), (f"{name}: floor", floor_paths)):
                     # CPU per request of the server (and of Redis): what the neighbours' load on a
                     # shared machine does not change, unlike requests/s
                     c0, r0 = cpu_s(proc.pid), cpu_s(redis_proc.pid)
