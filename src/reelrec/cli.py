@@ -31,8 +31,8 @@ app.add_typer(import_app, name="import")
 app.add_typer(users_app, name="users")
 app.add_typer(titles_app, name="titles")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # one line per message, also when piped into a log
+err_console = Console(stderr=True, soft_wrap=True)
 
 DataOpt = typer.Option(None, "--data", help="data directory (default ./reelrec-data or REELREC_DATA_DIR)")
 
