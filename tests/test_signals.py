@@ -89,6 +89,11 @@ def test_imported_ratings(small_catalog):
     assert low["weight"] == pytest.approx(w.rating_negative) and low["negative"]
 
 
+def test_a_rated_title_is_finished_so_the_page_leaves_it_out(small_catalog):
+    got = fold(small_catalog, ("m1", "rating", 0, {"rating": 4.0}), ("m2", "play_start", 0, {}))
+    assert got["m1"]["finished"] and not got["m2"]["finished"]
+
+
 def test_series_finished_only_after_every_episode(small_catalog):
     one = fold(small_catalog, ("s1", "complete", 0, {}))["s1"]
     assert not one["finished"]

@@ -18,7 +18,8 @@ count, the latest rating and the last time. From it a signed confidence weight
 * an imported rating: ``rating_scale`` x rating, or ``rating_negative`` below a threshold.
 
 A negative weight (or a thumbs down) makes the title an exclusion, never a positive. A title is
-``finished`` when completed (a series: every episode completed) and not rewatched.
+``finished`` when completed (a series: every episode completed) or rated (an imported rating is
+of something seen), and not rewatched.
 
 The fold is one DuckDB query over the Arrow events, so it scales to the 10 M-event batch world.
 """
@@ -171,7 +172,8 @@ def _weigh(f: pa.Table, w: SignalWeights) -> pa.Table:
     weight += np.where(low, w.rating_negative, 0.0)
 
     negative = (weight < 0) | (thumbs < 0)
-    finished = np.where(series, completes >= np.maximum(episodes, 1), completed) & (rewatches == 0)
+    # an imported rating says the user saw the title (MovieLens rates what was watched): finished
+    finished = (np.where(series, completes >= np.maximum(episodes, 1), completed) | has_rating) & (rewatches == 0)
     out = f.select(["user_id", "title_id", "seconds_watched", "best_completion", "max_position_s",
                     "plays", "completes", "rewatches", "thumbs"])
     out = out.append_column("watchlist_no_play", pa.array(on_watchlist & (plays == 0) & ~watched))
