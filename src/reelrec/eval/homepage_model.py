@@ -10,9 +10,10 @@ top-picks shelf in page order, explore and novel slots wherever composition plac
 metrics price the kind mix, the genre cap and the exploration.
 
 The evaluation contract (``reelrec.recommender``) forbids returning a title the user interacted
-with in training. Serving excludes only thumbs down, finished titles (unless the user rewatches)
-and Continue watching; a title rated or watched without finishing can come back through the
-popular backfill composition adds for a missing kind or an explore cluster. So the evaluator hands
+with in training. Serving excludes only thumbs down, finished titles (completed or rated, unless
+the user rewatches) and Continue watching; a title watched without finishing, or a positive of a
+rewatcher, can come back through the popular backfill composition adds for a missing kind or an
+explore cluster. So the evaluator hands
 composition every training title of the user as an exclusion (rule 1 of the precedence) before
 composing, and counts in ``params["serving_would_show_seen"]`` how many top-picks items the
 unmodified serving profile would have placed on a training title, measured on a sample of users.
