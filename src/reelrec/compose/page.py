@@ -170,6 +170,11 @@ def _encode_top(w: _Writer, s: Shelf, features: CatalogFeatures, b: int) -> None
     w.array(np.clip(q, 0, 255).astype(np.int64), 8)
 
 
+# the reason every item of a personal row carries (its argument: the row's own, none for Continue)
+_ROW_REASON = {CONTINUE: R.CONTINUE, BECAUSE: R.BECAUSE, GENRE: R.AFFINITY, ONBOARDING: R.ONBOARDING,
+               KIND: R.KIND}
+
+
 def decode_page(blob: bytes, features: CatalogFeatures, user_id: str = "") -> ComposedPage:
     """The composed page back from its blob (scores to 1/255 of their range).
 
@@ -202,9 +207,7 @@ def decode_page(blob: bytes, features: CatalogFeatures, user_id: str = "") -> Co
         if t == TOP_PICKS:
             _decode_top(r, s, features, b)
         else:
-            s.reason, s.reason_arg = {CONTINUE: (R.CONTINUE, -1), BECAUSE: (R.BECAUSE, arg),
-                                      GENRE: (R.AFFINITY, arg), ONBOARDING: (R.ONBOARDING, arg),
-                                      KIND: (R.KIND, arg)}[t]
+            s.reason, s.reason_arg = _ROW_REASON[t], (-1 if t == CONTINUE else arg)
         shelves.append(s)
     hidden = r.array(r.get(_COUNT_BITS), b)
     return ComposedPage(user_id=user_id, mode=mode, region=region,
