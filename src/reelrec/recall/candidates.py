@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from reelrec.recall.ann import ANNIndex
-from reelrec.recall.als import ALSParams, fold_in, topk_excluding
+from reelrec.recall.ann import ANNIndex, is_member
+from reelrec.recall.als import ALSParams, fold_in, topk_entries, topk_excluding
 from reelrec.recall.popular import TitleStats, genre_affinity, genre_pop_scores, new_scores, trending_scores
 
 SOURCES = ("ann", "ease", "covisit", "trending", "new", "genre_pop")
@@ -127,24 +127,121 @@ def exclusion_block(art: Artifacts, state: UserState) -> sp.csr_matrix:
 def run_sources(art: Artifacts, state: UserState, quotas: dict[str, int],
                 dense: dict[str, np.ndarray] | None = None,
                 exclude: sp.csr_matrix | None = None) -> list[SourceResult]:
-    """Each source's top ``quota`` candidates for every user of the batch."""
-    exclude = exclusion_block(art, state) if exclude is None else exclude
+    """Each source's top ``quota`` candidates for every user of the batch (best first, equal
+    scores in title-column order), without the user's exclusions and the titles unavailable in
+    their region (``exclusion_block``; ``exclude``, when given, must be that block).
+
+    Sources whose scores are the same for every user of a region (trending, new) read a sorted
+    title list per region, built once per model; co-visitation takes its top entries from the
+    sparse product; the ANN search skips the region's titles inside FAISS. Each gives what
+    ``topk_excluding`` over the source's dense score block gives (tests/test_recall.py), without
+    a pass over users x titles.
+    """
     dense = dense_scores(art, state, tuple(quotas)) if dense is None else dense
     out = []
     for name, q in quotas.items():
         if q <= 0:
             continue
         if name == "ann":
-            cols, sc = art.ann.search(state.vectors, q, exclude)
+            un = art.stats.unavailable
+            if un.nnz:  # the region's blocked titles inside the search, the user's own after it
+                cols, sc = art.ann.search(state.vectors, q, sp.csr_matrix(state.exclude), unavailable=un,
+                                          groups=region_rows(art, state))
+            else:
+                exclude = exclusion_block(art, state) if exclude is None else exclude
+                cols, sc = art.ann.search(state.vectors, q, exclude)
+        elif name in ("trending", "new") and name in dense:
+            cols, sc = shared_topk(art, name, state, q)
+        elif name == "covisit" and name in dense:
+            cols, sc = covisit_topk(art, state, q)
         elif name in dense:
-            s = dense[name]
-            if name == "covisit":  # no co-visitation with the seeds: not a candidate of this source
-                s = np.where(s > 0, s, -np.inf)
-            cols, sc = topk_excluding(s, exclude, q)
+            exclude = exclusion_block(art, state) if exclude is None else exclude
+            cols, sc = topk_excluding(dense[name], exclude, q)
         else:
             continue
         out.append(SourceResult(name, cols, sc))
     return out
+
+
+def region_rows(art: Artifacts, state: UserState) -> np.ndarray:
+    """Each user's row of ``stats.unavailable`` (the last row: region unknown, nothing blocked)."""
+    return np.where(state.region >= 0, state.region, art.stats.unavailable.shape[0] - 1).astype(np.int64)
+
+
+def _cached(art: Artifacts, key, build):
+    cache = art.__dict__.setdefault("_derived", {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def _allowed(art: Artifacts) -> np.ndarray:
+    """(regions + 1, titles) bool: available in the region (dense, a few MB at most)."""
+    return _cached(art, "allowed", lambda: ~np.asarray(sp.csr_matrix(art.stats.unavailable).todense(), bool))
+
+
+def _region_orders(art: Artifacts, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """For a source scored per region (trending, new): each region row's available titles by
+    score, best first, ties in column order (-1 padded), and the scores (rows x titles)."""
+    def build():
+        allowed = _allowed(art)
+        n_rows, n = allowed.shape
+        regions = np.array([r if r < len(art.stats.regions) else -1 for r in range(n_rows)], np.int64)
+        scores = (trending_scores(art.stats, regions) if name == "trending"
+                  else new_scores(art.stats, n_rows)).astype(np.float32)
+        lists = []
+        for r in range(n_rows):
+            ok = allowed[r] & (scores[r] > -np.inf)
+            cols = np.flatnonzero(ok)
+            lists.append(cols[np.lexsort((cols, -scores[r, cols]))])
+        width = max((len(x) for x in lists), default=0)
+        orders = np.full((n_rows, width), -1, np.int64)
+        for r, x in enumerate(lists):
+            orders[r, :len(x)] = x
+        return orders, scores
+    return _cached(art, ("orders", name), build)
+
+
+def shared_topk(art: Artifacts, name: str, state: UserState, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of a per-region source (trending, new) for each user: the region's sorted list
+    without the user's own exclusions (a prefix of k + their exclusion count is enough)."""
+    orders, scores = _region_orders(art, name)
+    g = region_rows(art, state)
+    b = len(g)
+    pex = sp.csr_matrix(state.exclude)
+    width = min(orders.shape[1], k + int(np.diff(pex.indptr).max(initial=0)))
+    p = orders[g, :width]
+    bad = p < 0
+    if pex.nnz and width:
+        bad |= is_member(pex, np.repeat(np.arange(b), width), np.maximum(p, 0).ravel()).reshape(b, width)
+    sel = np.argsort(bad, axis=1, kind="stable")[:, :k]
+    cols = np.take_along_axis(p, sel, axis=1)
+    ok = ~np.take_along_axis(bad, sel, axis=1)
+    cols = np.where(ok, cols, -1)
+    vals = np.where(ok, scores[g[:, None], np.maximum(cols, 0)], -np.inf).astype(np.float32)
+    if cols.shape[1] < k:
+        cols = np.pad(cols, ((0, 0), (0, k - cols.shape[1])), constant_values=-1)
+        vals = np.pad(vals, ((0, 0), (0, k - vals.shape[1])), constant_values=-np.inf)
+    return cols, vals
+
+
+def covisit_topk(art: Artifacts, state: UserState, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` co-visitation candidates from the sparse product seeds @ covisit: its positive
+    entries that the user may see (the same as the dense block's top-k, where the rest is -inf)."""
+    from reelrec.recall.covisit import recent_seeds
+    m = sp.csr_matrix(recent_seeds(state.positives, state.ts) @ art.covisit)
+    m.sum_duplicates()
+    b = m.shape[0]
+    rows = np.repeat(np.arange(b), np.diff(m.indptr))
+    cols = m.indices.astype(np.int64)
+    vals = m.data.astype(np.float32)
+    keep = vals > 0
+    if art.stats.unavailable.nnz:
+        keep &= _allowed(art)[region_rows(art, state)[rows], cols]
+    pex = sp.csr_matrix(state.exclude)
+    if pex.nnz:
+        keep &= ~is_member(pex, rows, cols)
+    return topk_entries(rows[keep], cols[keep], vals[keep], b, k)
 
 
 def merge(results: list[SourceResult], max_candidates: int = 300) -> Candidates:
