@@ -154,6 +154,9 @@ def run_sources(art: Artifacts, state: UserState, quotas: dict[str, int],
             cols, sc = shared_topk(art, name, state, q)
         elif name == "covisit" and name in dense:
             cols, sc = covisit_topk(art, state, q)
+        elif name == "genre_pop" and name in dense:
+            exclude = exclusion_block(art, state) if exclude is None else exclude
+            cols, sc = genre_pop_topk(art, state, q, dense[name], exclude)
         elif name in dense:
             exclude = exclusion_block(art, state) if exclude is None else exclude
             cols, sc = topk_excluding(dense[name], exclude, q)
@@ -242,6 +245,90 @@ def covisit_topk(art: Artifacts, state: UserState, k: int) -> tuple[np.ndarray, 
     if pex.nnz:
         keep &= ~is_member(pex, rows, cols)
     return topk_entries(rows[keep], cols[keep], vals[keep], b, k)
+
+
+def _genre_orders(art: Artifacts) -> tuple[np.ndarray, np.ndarray]:
+    """For each (region row, genre): the genre's titles available in the region by popularity
+    (``genre_pop``'s log popularity), highest first, ties in column order, -1 padded; and the
+    popularity (float32, per title)."""
+    def build():
+        st = art.stats
+        pop = np.log1p(st.pop + st.recent).astype(np.float32)
+        allowed = _allowed(art)
+        g = sp.csc_matrix(st.genres)
+        lists = {}
+        for r in range(allowed.shape[0]):
+            for j in range(g.shape[1]):
+                t = np.sort(g.indices[g.indptr[j]:g.indptr[j + 1]])
+                t = t[allowed[r, t]]
+                lists[r, j] = t[np.lexsort((t, -pop[t]))]
+        width = max((len(x) for x in lists.values()), default=0)
+        orders = np.full((allowed.shape[0], g.shape[1], width), -1, np.int64)
+        for (r, j), x in lists.items():
+            orders[r, j, :len(x)] = x
+        return orders, pop
+    return _cached(art, "genre_orders", build)
+
+
+def _subset_bound(aff: np.ndarray, p_end: np.ndarray) -> float:
+    """max over non-empty genre sets S of sum(aff[S]) * min(p_end[S]): the highest score a title
+    outside every prefix can have (sorting by p_end, S is a suffix)."""
+    o = np.argsort(p_end)
+    return float((np.cumsum(aff[o][::-1])[::-1] * p_end[o]).max(initial=0.0))
+
+
+def genre_pop_topk(art: Artifacts, state: UserState, k: int, block: np.ndarray,
+                   exclude: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``genre_pop`` (popularity x affinity over the user's top genres).
+
+    A title's score is its popularity times the summed affinity of its genres among the user's
+    top ones, so every title outside the first m = 4k + (exclusions) of each top genre's
+    popularity list scores at most the m-th popularity of its top genres times their summed
+    affinity (``_subset_bound``). The
+    titles of those prefixes are scored from ``block``; when the k-th best of them beats that
+    bound, they hold the top k. Otherwise (a short genre, or scores of zero) the user's row of
+    ``block`` is searched whole, as ``topk_excluding`` does.
+    """
+    st = art.stats
+    orders, pop = _genre_orders(art)
+    b = len(state)
+    a = genre_affinity(state.positives, st.genres)
+    if a.shape[1] > 3:  # genre_pop_scores' top_genres
+        cut = np.partition(a, -3, axis=1)[:, -3][:, None]
+        a = np.where(a < cut, 0.0, a).astype(np.float32)
+    g = region_rows(art, state)
+    pex = sp.csr_matrix(state.exclude)
+    n_ex = np.diff(pex.indptr)
+    out_c = np.full((b, k), -1, np.int64)
+    out_v = np.full((b, k), -np.inf, np.float32)
+    slow = []
+    for u in range(b):
+        top = np.flatnonzero(a[u] > 0)
+        mine = pex.indices[pex.indptr[u]:pex.indptr[u + 1]]
+        m = 4 * k + len(mine)  # deeper than k: popularity ties would make the bound meet the k-th score
+        done = len(top) == 0
+        while not done:
+            pre = orders[g[u], top, :m]  # (genres, m)
+            cand = np.unique(pre[pre >= 0])
+            if len(mine):
+                cand = cand[~np.isin(cand, mine)]
+            c, v = topk_entries(np.zeros(len(cand), np.int64), cand, block[u, cand], 1, k)
+            # a title outside the prefixes, with top genres S, has popularity <= min over S of
+            # the popularity at each prefix's end (a genre listed whole: no title outside it)
+            last = pre[:, -1]
+            p_end = np.where(last >= 0, pop[np.maximum(last, 0)], 0.0)
+            bound = _subset_bound(a[u, top].astype(np.float64), p_end.astype(np.float64))
+            if v[0, -1] > 0 and v[0, -1] > bound * (1 + 1e-4):
+                out_c[u], out_v[u] = c[0], v[0]
+                break
+            done = m >= orders.shape[2]
+            m *= 4
+        if done:
+            slow.append(u)
+    if slow:
+        rows = np.asarray(slow, np.int64)
+        out_c[rows], out_v[rows] = topk_excluding(block[rows], sp.csr_matrix(exclude)[rows], k)
+    return out_c, out_v
 
 
 def merge(results: list[SourceResult], max_candidates: int = 300) -> Candidates:
