@@ -38,7 +38,7 @@ from reelrec.recall.als import (DEFAULT_GRID, ALSParams, content_vectors, fit_al
                                 recommend_als, topk_excluding, tune_als, _grid)
 from reelrec.recall.ann import ANNConfig, ANNIndex
 from reelrec.recall.candidates import (DEFAULT_QUOTAS, Artifacts, Candidates, UserState, dense_scores,
-                                       exclusion_block, merge, run_sources)
+                                       merge, run_sources)
 from reelrec.recall.covisit import EASE_MAX_TITLES, covisitation, ease
 from reelrec.recall.popular import compute_stats, seconds
 from reelrec.recommender import TrainData
@@ -213,7 +213,7 @@ class Pipeline:
     # stage 1
     def candidates(self, state: UserState) -> tuple[Candidates, dict[str, np.ndarray]]:
         dense = dense_scores(self.art, state, tuple(self.cfg.quotas))
-        results = run_sources(self.art, state, self.cfg.quotas, dense, exclusion_block(self.art, state))
+        results = run_sources(self.art, state, self.cfg.quotas, dense)
         return merge(results, self.cfg.max_candidates), dense
 
     def features(self, state: UserState, cands: Candidates, dense) -> np.ndarray:

@@ -39,8 +39,9 @@ def feature_names(sources: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _take(block: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    return np.take_along_axis(block, np.maximum(cols, 0), axis=1)
+def _take(block, cols: np.ndarray) -> np.ndarray:
+    at = getattr(block, "at", None)  # a ScoreBlock computes only the candidates' scores
+    return at(cols) if at is not None else np.take_along_axis(block, np.maximum(cols, 0), axis=1)
 
 
 def build_features(art: Artifacts, state: UserState, cands: Candidates,

@@ -95,23 +95,109 @@ class Candidates:
         return self.cols >= 0
 
 
-def dense_scores(art: Artifacts, state: UserState, sources=SOURCES) -> dict[str, np.ndarray]:
-    """(B, N) score blocks of the sources that score every title cheaply."""
-    out: dict[str, np.ndarray] = {}
+class ScoreBlock:
+    """A source's (B, N) score block, computed only where it is read.
+
+    ``at(cols)`` gives the scores of each user's candidates (B, C) (the ranker's features);
+    ``rows(r)`` gives whole rows (a search over every title); ``np.asarray(block)`` the whole
+    block. Each reads the same float32 values the dense block holds.
+    """
+
+    def __init__(self, shape: tuple[int, int], at, rows):
+        self.shape, self._at, self._rows = shape, at, rows
+
+    def at(self, cols: np.ndarray) -> np.ndarray:
+        c0 = np.maximum(np.asarray(cols, np.int64), 0)
+        return self._at(np.arange(c0.shape[0])[:, None], c0)
+
+    def rows(self, r: np.ndarray) -> np.ndarray:
+        return self._rows(np.asarray(r, np.int64))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.rows(np.arange(self.shape[0]))
+        return out if dtype is None else out.astype(dtype)
+
+
+def _sparse_block(m: sp.csr_matrix) -> ScoreBlock:
+    m = sp.csr_matrix(m)
+    m.sum_duplicates()
+    n = np.int64(m.shape[1])
+    keys = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * n + m.indices
+    data = m.data.astype(np.float32)
+
+    def at(r, c):
+        q = (np.broadcast_to(r, c.shape) * n + c).ravel()
+        if len(keys) == 0:
+            return np.zeros(c.shape, np.float32)
+        pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+        return np.where(keys[pos] == q, data[pos], np.float32(0.0)).reshape(c.shape)
+
+    block = ScoreBlock(m.shape, at, lambda r: np.asarray(m[r].todense(), dtype=np.float32))
+    block.matrix = m
+    return block
+
+
+def _region_block(art: Artifacts, name: str, state: UserState) -> ScoreBlock:
+    _, scores = _region_orders(art, name)
+    g = region_rows(art, state)
+    return ScoreBlock((len(state), scores.shape[1]), lambda r, c: scores[g[r], c], lambda r: scores[g[r]])
+
+
+def _genre_pop_block(art: Artifacts, state: UserState) -> ScoreBlock:
+    """genre_pop_scores as a block: popularity x the user's top-genre affinity, summed over the
+    title's genres in ascending order in float32 (the order the sparse product sums them)."""
+    st = art.stats
+    aff = genre_affinity(state.positives, st.genres)
+    a = aff.copy()
+    if a.shape[1] > 3:  # genre_pop_scores' top_genres
+        cut = np.partition(a, -3, axis=1)[:, -3][:, None]
+        a[a < cut] = 0.0
+    pop = np.log1p(st.pop + st.recent)
+    cols = _cached(art, "genres_ascending", lambda: _genres_ascending(st.genres))
+
+    def at(r, c):
+        out = np.zeros(c.shape, np.float32)
+        pc = pop[c].astype(np.float32)
+        for j in range(cols.shape[1]):
+            g = cols[c, j]
+            out += np.where(g >= 0, pc * a[r, np.maximum(g, 0)], np.float32(0.0))
+        return out
+
+    block = ScoreBlock((len(state), st.genres.shape[0]), at, lambda r: genre_pop_scores(aff[r], st))
+    block.top_affinity = a
+    return block
+
+
+def _genres_ascending(genres: sp.csr_matrix) -> np.ndarray:
+    g = sp.csr_matrix(genres).tocoo()
+    ok = g.data != 0
+    rows, cols = g.row[ok], g.col[ok]
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    n_per = np.bincount(rows, minlength=g.shape[0])
+    out = np.full((g.shape[0], int(n_per.max(initial=0))), -1, np.int64)
+    pos = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(n_per)[:-1]])[rows]
+    out[rows, pos] = cols
+    return out
+
+
+def dense_scores(art: Artifacts, state: UserState, sources=SOURCES) -> dict:
+    """The score blocks (B, N) of the sources that score every title cheaply: numpy arrays or
+    ``ScoreBlock``s, which compute only what is read of them."""
+    out: dict = {}
     if "ease" in sources and art.ease is not None:
         x = sp.csr_matrix(state.positives, dtype=np.float32)
         x.data[:] = 1.0
         out["ease"] = np.asarray(x @ art.ease, dtype=np.float32)
     if "covisit" in sources:
         from reelrec.recall.covisit import recent_seeds
-        seeds = recent_seeds(state.positives, state.ts)
-        out["covisit"] = np.asarray((seeds @ art.covisit).todense(), dtype=np.float32)
+        out["covisit"] = _sparse_block(recent_seeds(state.positives, state.ts) @ art.covisit)
     if "trending" in sources:
-        out["trending"] = trending_scores(art.stats, state.region)
+        out["trending"] = _region_block(art, "trending", state)
     if "new" in sources:
-        out["new"] = new_scores(art.stats, len(state))
+        out["new"] = _region_block(art, "new", state)
     if "genre_pop" in sources:
-        out["genre_pop"] = genre_pop_scores(genre_affinity(state.positives, art.stats.genres), art.stats)
+        out["genre_pop"] = _genre_pop_block(art, state)
     return out
 
 
@@ -153,13 +239,12 @@ def run_sources(art: Artifacts, state: UserState, quotas: dict[str, int],
         elif name in ("trending", "new") and name in dense:
             cols, sc = shared_topk(art, name, state, q)
         elif name == "covisit" and name in dense:
-            cols, sc = covisit_topk(art, state, q)
+            cols, sc = covisit_topk(art, state, q, dense[name])
         elif name == "genre_pop" and name in dense:
-            exclude = exclusion_block(art, state) if exclude is None else exclude
             cols, sc = genre_pop_topk(art, state, q, dense[name], exclude)
         elif name in dense:
             exclude = exclusion_block(art, state) if exclude is None else exclude
-            cols, sc = topk_excluding(dense[name], exclude, q)
+            cols, sc = topk_excluding(np.asarray(dense[name]), exclude, q)
         else:
             continue
         out.append(SourceResult(name, cols, sc))
@@ -228,12 +313,15 @@ def shared_topk(art: Artifacts, name: str, state: UserState, k: int) -> tuple[np
     return cols, vals
 
 
-def covisit_topk(art: Artifacts, state: UserState, k: int) -> tuple[np.ndarray, np.ndarray]:
+def covisit_topk(art: Artifacts, state: UserState, k: int, block: ScoreBlock | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` co-visitation candidates from the sparse product seeds @ covisit: its positive
     entries that the user may see (the same as the dense block's top-k, where the rest is -inf)."""
-    from reelrec.recall.covisit import recent_seeds
-    m = sp.csr_matrix(recent_seeds(state.positives, state.ts) @ art.covisit)
-    m.sum_duplicates()
+    m = getattr(block, "matrix", None)
+    if m is None:
+        from reelrec.recall.covisit import recent_seeds
+        m = sp.csr_matrix(recent_seeds(state.positives, state.ts) @ art.covisit)
+        m.sum_duplicates()
     b = m.shape[0]
     rows = np.repeat(np.arange(b), np.diff(m.indptr))
     cols = m.indices.astype(np.int64)
@@ -277,25 +365,32 @@ def _subset_bound(aff: np.ndarray, p_end: np.ndarray) -> float:
     return float((np.cumsum(aff[o][::-1])[::-1] * p_end[o]).max(initial=0.0))
 
 
-def genre_pop_topk(art: Artifacts, state: UserState, k: int, block: np.ndarray,
-                   exclude: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+def genre_pop_topk(art: Artifacts, state: UserState, k: int, block, exclude: sp.csr_matrix | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of ``genre_pop`` (popularity x affinity over the user's top genres).
 
     A title's score is its popularity times the summed affinity of its genres among the user's
     top ones, so every title outside the first m = 4k + (exclusions) of each top genre's
     popularity list scores at most the m-th popularity of its top genres times their summed
-    affinity (``_subset_bound``). The
-    titles of those prefixes are scored from ``block``; when the k-th best of them beats that
-    bound, they hold the top k. Otherwise (a short genre, or scores of zero) the user's row of
-    ``block`` is searched whole, as ``topk_excluding`` does.
+    affinity (``_subset_bound``). The titles of those prefixes are scored from ``block`` (the
+    source's dense block or ``ScoreBlock``); when the k-th best of them beats that bound, they
+    hold the top k, else the prefixes grow. Where they cannot (scores of zero) the user's row of
+    ``block`` is searched whole, as ``topk_excluding`` does (``exclude``: the batch's
+    ``exclusion_block``, built when needed if None).
     """
     st = art.stats
     orders, pop = _genre_orders(art)
     b = len(state)
-    a = genre_affinity(state.positives, st.genres)
-    if a.shape[1] > 3:  # genre_pop_scores' top_genres
-        cut = np.partition(a, -3, axis=1)[:, -3][:, None]
-        a = np.where(a < cut, 0.0, a).astype(np.float32)
+    a = getattr(block, "top_affinity", None)
+    if a is None:
+        a = genre_affinity(state.positives, st.genres)
+        if a.shape[1] > 3:  # genre_pop_scores' top_genres
+            cut = np.partition(a, -3, axis=1)[:, -3][:, None]
+            a = np.where(a < cut, 0.0, a).astype(np.float32)
+    if isinstance(block, ScoreBlock):
+        values = lambda u, t: block._at(np.array([[u]]), t[None, :])[0]  # noqa: E731
+    else:
+        values = lambda u, t: block[u, t]  # noqa: E731
     g = region_rows(art, state)
     pex = sp.csr_matrix(state.exclude)
     n_ex = np.diff(pex.indptr)
@@ -312,7 +407,7 @@ def genre_pop_topk(art: Artifacts, state: UserState, k: int, block: np.ndarray,
             cand = np.unique(pre[pre >= 0])
             if len(mine):
                 cand = cand[~np.isin(cand, mine)]
-            c, v = topk_entries(np.zeros(len(cand), np.int64), cand, block[u, cand], 1, k)
+            c, v = topk_entries(np.zeros(len(cand), np.int64), cand, values(u, cand), 1, k)
             # a title outside the prefixes, with top genres S, has popularity <= min over S of
             # the popularity at each prefix's end (a genre listed whole: no title outside it)
             last = pre[:, -1]
@@ -327,7 +422,9 @@ def genre_pop_topk(art: Artifacts, state: UserState, k: int, block: np.ndarray,
             slow.append(u)
     if slow:
         rows = np.asarray(slow, np.int64)
-        out_c[rows], out_v[rows] = topk_excluding(block[rows], sp.csr_matrix(exclude)[rows], k)
+        ex = sp.csr_matrix(exclude)[rows] if exclude is not None else exclusion_block(art, state.take(rows))
+        full = block.rows(rows) if isinstance(block, ScoreBlock) else block[rows]
+        out_c[rows], out_v[rows] = topk_excluding(full, ex, k)
     return out_c, out_v
 
 
