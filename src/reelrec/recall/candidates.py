@@ -365,6 +365,49 @@ def _subset_bound(aff: np.ndarray, p_end: np.ndarray) -> float:
     return float((np.cumsum(aff[o][::-1])[::-1] * p_end[o]).max(initial=0.0))
 
 
+def _genre_pop_batch(orders: np.ndarray, pop: np.ndarray, a: np.ndarray, g: np.ndarray, pex: sp.csr_matrix,
+                     k: int, block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``genre_pop_topk``'s first step for the whole batch at once: one prefix depth for every
+    user (4k + the most exclusions in the batch), top-k of the prefixes, and which users' bound
+    holds (the rest go on alone)."""
+    b = len(g)
+    out_c = np.full((b, k), -1, np.int64)
+    out_v = np.full((b, k), -np.inf, np.float32)
+    n_top = (a > 0).sum(axis=1)
+    width = int(n_top.max(initial=0))
+    m = min(orders.shape[2], 4 * k + int(np.diff(pex.indptr).max(initial=0)))
+    if b == 0 or width == 0 or m == 0:
+        return out_c, out_v, np.zeros(b, bool)
+    top = np.argsort(~(a > 0), axis=1, kind="stable")[:, :width]  # each user's top genres first
+    has = np.take_along_axis(a, top, axis=1) > 0  # (B, W)
+    pre = orders[g[:, None], top, :m]  # (B, W, m)
+    pre = np.where(has[:, :, None], pre, -1)
+    cand = np.sort(pre.reshape(b, -1), axis=1)
+    dup = np.zeros_like(cand, bool)
+    dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+    rows = np.repeat(np.arange(b), cand.shape[1])
+    cols = cand.ravel()
+    keep = (cols >= 0) & ~dup.ravel()
+    rows, cols = rows[keep], cols[keep]
+    if pex.nnz:
+        ok = ~is_member(pex, rows, cols)
+        rows, cols = rows[ok], cols[ok]
+    if isinstance(block, ScoreBlock):
+        vals = block._at(rows[:, None], cols[:, None])[:, 0]
+    else:
+        vals = np.asarray(block)[rows, cols]
+    c, v = topk_entries(rows, cols, vals, b, k)
+    last = pre[:, :, -1]
+    p_end = np.where(last >= 0, pop[np.maximum(last, 0)], 0.0).astype(np.float64)  # (B, W)
+    o = np.argsort(p_end, axis=1)
+    aff = np.where(has, np.take_along_axis(a, top, axis=1), 0.0).astype(np.float64)
+    suffix = np.cumsum(np.take_along_axis(aff, o, axis=1)[:, ::-1], axis=1)[:, ::-1]
+    bound = (suffix * np.take_along_axis(p_end, o, axis=1)).max(axis=1)
+    done = (n_top > 0) & (v[:, -1] > 0) & (v[:, -1] > bound * (1 + 1e-4))
+    out_c[done], out_v[done] = c[done], v[done]
+    return out_c, out_v, done
+
+
 def genre_pop_topk(art: Artifacts, state: UserState, k: int, block, exclude: sp.csr_matrix | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of ``genre_pop`` (popularity x affinity over the user's top genres).
@@ -393,16 +436,14 @@ def genre_pop_topk(art: Artifacts, state: UserState, k: int, block, exclude: sp.
         values = lambda u, t: block[u, t]  # noqa: E731
     g = region_rows(art, state)
     pex = sp.csr_matrix(state.exclude)
-    n_ex = np.diff(pex.indptr)
-    out_c = np.full((b, k), -1, np.int64)
-    out_v = np.full((b, k), -np.inf, np.float32)
+    out_c, out_v, done = _genre_pop_batch(orders, pop, a, g, pex, k, block)
     slow = []
-    for u in range(b):
+    for u in np.flatnonzero(~done).tolist():  # the prefixes did not prove it: deeper, user by user
         top = np.flatnonzero(a[u] > 0)
         mine = pex.indices[pex.indptr[u]:pex.indptr[u + 1]]
         m = 4 * k + len(mine)  # deeper than k: popularity ties would make the bound meet the k-th score
-        done = len(top) == 0
-        while not done:
+        exhausted = len(top) == 0
+        while not exhausted:
             pre = orders[g[u], top, :m]  # (genres, m)
             cand = np.unique(pre[pre >= 0])
             if len(mine):
@@ -416,9 +457,9 @@ def genre_pop_topk(art: Artifacts, state: UserState, k: int, block, exclude: sp.
             if v[0, -1] > 0 and v[0, -1] > bound * (1 + 1e-4):
                 out_c[u], out_v[u] = c[0], v[0]
                 break
-            done = m >= orders.shape[2]
+            exhausted = m >= orders.shape[2]
             m *= 4
-        if done:
+        if exhausted:
             slow.append(u)
     if slow:
         rows = np.asarray(slow, np.int64)
