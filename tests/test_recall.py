@@ -247,6 +247,12 @@ def test_fast_sources_equal_the_dense_top_k(seed):
     np.testing.assert_allclose(got["ann"].scores, want_s, rtol=1e-6)
     assert not is_member(ex, np.repeat(np.arange(len(state)), cols.shape[1]), np.maximum(cols, 0).ravel())[
         cols.ravel() >= 0].any()
+    # the lists and FAISS selectors built on the way stay out of a pickled model (Ray ships it)
+    import pickle
+    again = pickle.loads(pickle.dumps(art))
+    assert "_derived" not in again.__dict__ and "_selectors" not in again.ann.__dict__
+    for r in run_sources(again, state, quotas, dense_scores(again, state, tuple(quotas))):
+        np.testing.assert_array_equal(r.cols, got[r.name].cols)
 
 
 def test_top_k_ties_keep_the_lowest_columns():

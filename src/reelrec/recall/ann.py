@@ -59,6 +59,10 @@ class ANNIndex:
         index.add(v)
         return cls(index, kind, cfg, max_norm)
 
+    def __getstate__(self) -> dict:
+        # FAISS ID selectors (``_selector``) hold pointers: rebuilt where the index is searched
+        return {k: v for k, v in self.__dict__.items() if k != "_selectors"}
+
     @property
     def size(self) -> int:
         return int(self.index.ntotal)

@@ -36,6 +36,10 @@ class Artifacts:
     ease: np.ndarray | None = None  # (N, N) float32, catalogs up to EASE_MAX_TITLES
     ref_s: float = 0.0  # reference time (end of the training data), epoch seconds
 
+    def __getstate__(self) -> dict:
+        # lists derived from the arrays (``_cached``) are rebuilt where they are used, not shipped
+        return {k: v for k, v in self.__dict__.items() if k != "_derived"}
+
 
 @dataclass
 class UserState:
@@ -335,26 +339,46 @@ def covisit_topk(art: Artifacts, state: UserState, k: int, block: ScoreBlock | N
     return topk_entries(rows[keep], cols[keep], vals[keep], b, k)
 
 
-def _genre_orders(art: Artifacts) -> tuple[np.ndarray, np.ndarray]:
-    """For each (region row, genre): the genre's titles available in the region by popularity
-    (``genre_pop``'s log popularity), highest first, ties in column order, -1 padded; and the
-    popularity (float32, per title)."""
+@dataclass
+class GenreLists:
+    """For each (region row, genre): the genre's titles available in the region by popularity,
+    highest first, ties in column order; ragged (one flat array, a start and a length each)."""
+
+    flat: np.ndarray  # int32
+    start: np.ndarray  # (regions + 1, genres)
+    length: np.ndarray  # (regions + 1, genres)
+
+    @property
+    def longest(self) -> int:
+        return int(self.length.max(initial=0))
+
+    def prefix(self, rows: np.ndarray, genres: np.ndarray, m: int) -> np.ndarray:
+        """The first ``m`` titles of lists (rows, genres) (broadcast together), -1 padded."""
+        i = np.arange(m)
+        st, ln = self.start[rows, genres][..., None], self.length[rows, genres][..., None]
+        at = np.minimum(st + i, max(len(self.flat) - 1, 0))
+        return np.where(i < ln, self.flat[at] if len(self.flat) else -1, -1).astype(np.int64)
+
+
+def _genre_orders(art: Artifacts) -> tuple[GenreLists, np.ndarray]:
+    """``genre_pop``'s lists (``GenreLists``) and its popularity (float32, per title)."""
     def build():
         st = art.stats
         pop = np.log1p(st.pop + st.recent).astype(np.float32)
         allowed = _allowed(art)
         g = sp.csc_matrix(st.genres)
-        lists = {}
+        parts, start, length = [], np.zeros((allowed.shape[0], g.shape[1]), np.int64), \
+            np.zeros((allowed.shape[0], g.shape[1]), np.int64)
+        at = 0
         for r in range(allowed.shape[0]):
             for j in range(g.shape[1]):
                 t = np.sort(g.indices[g.indptr[j]:g.indptr[j + 1]])
                 t = t[allowed[r, t]]
-                lists[r, j] = t[np.lexsort((t, -pop[t]))]
-        width = max((len(x) for x in lists.values()), default=0)
-        orders = np.full((allowed.shape[0], g.shape[1], width), -1, np.int64)
-        for (r, j), x in lists.items():
-            orders[r, j, :len(x)] = x
-        return orders, pop
+                parts.append(t[np.lexsort((t, -pop[t]))].astype(np.int32))
+                start[r, j], length[r, j] = at, len(t)
+                at += len(t)
+        flat = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        return GenreLists(flat, start, length), pop
     return _cached(art, "genre_orders", build)
 
 
@@ -365,7 +389,7 @@ def _subset_bound(aff: np.ndarray, p_end: np.ndarray) -> float:
     return float((np.cumsum(aff[o][::-1])[::-1] * p_end[o]).max(initial=0.0))
 
 
-def _genre_pop_batch(orders: np.ndarray, pop: np.ndarray, a: np.ndarray, g: np.ndarray, pex: sp.csr_matrix,
+def _genre_pop_batch(orders: GenreLists, pop: np.ndarray, a: np.ndarray, g: np.ndarray, pex: sp.csr_matrix,
                      k: int, block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``genre_pop_topk``'s first step for the whole batch at once: one prefix depth for every
     user (4k + the most exclusions in the batch), top-k of the prefixes, and which users' bound
@@ -375,12 +399,12 @@ def _genre_pop_batch(orders: np.ndarray, pop: np.ndarray, a: np.ndarray, g: np.n
     out_v = np.full((b, k), -np.inf, np.float32)
     n_top = (a > 0).sum(axis=1)
     width = int(n_top.max(initial=0))
-    m = min(orders.shape[2], 4 * k + int(np.diff(pex.indptr).max(initial=0)))
+    m = min(orders.longest, 4 * k + int(np.diff(pex.indptr).max(initial=0)))
     if b == 0 or width == 0 or m == 0:
         return out_c, out_v, np.zeros(b, bool)
     top = np.argsort(~(a > 0), axis=1, kind="stable")[:, :width]  # each user's top genres first
     has = np.take_along_axis(a, top, axis=1) > 0  # (B, W)
-    pre = orders[g[:, None], top, :m]  # (B, W, m)
+    pre = orders.prefix(g[:, None], top, m)  # (B, W, m)
     pre = np.where(has[:, :, None], pre, -1)
     cand = np.sort(pre.reshape(b, -1), axis=1)
     dup = np.zeros_like(cand, bool)
@@ -444,7 +468,7 @@ def genre_pop_topk(art: Artifacts, state: UserState, k: int, block, exclude: sp.
         m = 4 * k + len(mine)  # deeper than k: popularity ties would make the bound meet the k-th score
         exhausted = len(top) == 0
         while not exhausted:
-            pre = orders[g[u], top, :m]  # (genres, m)
+            pre = orders.prefix(g[u], top, m)  # (genres, m)
             cand = np.unique(pre[pre >= 0])
             if len(mine):
                 cand = cand[~np.isin(cand, mine)]
@@ -457,7 +481,7 @@ def genre_pop_topk(art: Artifacts, state: UserState, k: int, block, exclude: sp.
             if v[0, -1] > 0 and v[0, -1] > bound * (1 + 1e-4):
                 out_c[u], out_v[u] = c[0], v[0]
                 break
-            exhausted = m >= orders.shape[2]
+            exhausted = m >= orders.longest
             m *= 4
         if exhausted:
             slow.append(u)
