@@ -173,3 +173,92 @@ def test_hnsw_index_survives_save_and_load(tmp_path):
     b, sb = back.search(q, 20)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(sa, np.take_along_axis(q @ v.T, a, axis=1), rtol=1e-3, atol=1e-3)
+
+
+def _random_artifacts(seed: int, n: int = 3000, b: int = 40):
+    """A catalog of ``n`` titles with ties everywhere (integer popularity, whole days, small
+    whole trends), three regions blocking a fifth of the titles each, and ``b`` users of every
+    region."""
+    from reelrec.recall.als import ALSParams
+    from reelrec.recall.candidates import Artifacts, UserState
+    from reelrec.recall.popular import TitleStats
+    rng = np.random.default_rng(seed)
+    R, G, K, f = 3, 8, 4, 16
+    genres = sp.csr_matrix((rng.random((n, G)) < 0.2) | (np.arange(G)[None, :] == rng.integers(0, G, n)[:, None]),
+                           dtype=np.float32)
+    blocked = rng.random((R + 1, n)) < 0.2
+    blocked[R] = False
+    whole = lambda *s: rng.integers(0, 4, s).astype(np.float32)  # noqa: E731
+    age = rng.integers(0, 60, n).astype(np.float32)
+    age[rng.random(n) < 0.05] = np.nan
+    stats = TitleStats(
+        regions=np.array(["GB", "IN", "US"]), pop=np.floor(rng.pareto(0.3, n) * 50).astype(np.float32),
+        pop_region=whole(R, n), trend_day=whole(n), trend_week=whole(n), trend_region=whole(R, n),
+        recent=whole(n), age_days=age,
+        mean_weight=rng.random(n).astype(np.float32), completion=rng.random((K, n)).astype(np.float32),
+        ctr=rng.random((K, n)).astype(np.float32), completion_all=rng.random(n).astype(np.float32),
+        ctr_all=rng.random(n).astype(np.float32), genres=genres, genre_names=np.array([f"g{i}" for i in range(G)]),
+        kind=rng.integers(0, 3, n), runtime_min=rng.random(n).astype(np.float32) * 100,
+        unavailable=sp.csr_matrix(blocked, dtype=np.float32), centroids=rng.normal(size=(K, f)).astype(np.float32))
+    vectors = clustered(n, f, seed)
+    cov = prune_rows(sp.csr_matrix(sp.random(n, n, density=0.02, random_state=seed, dtype=np.float32)), 20)
+    art = Artifacts(np.array([f"t{i}" for i in range(n)], dtype=object), vectors, np.zeros(n, bool), ALSParams(),
+                    ANNIndex.build(vectors), cov, stats)
+    pos = sp.random(b, n, density=0.01, random_state=seed + 1, format="csr", dtype=np.float32)
+    pos.data = np.ceil(pos.data * 4)
+    pos = sp.csr_matrix(sp.diags((np.arange(b) < b - 1).astype(np.float32)) @ pos)  # the last: no history
+    pos.eliminate_zeros()
+    ts = pos.copy()
+    ts.data = rng.integers(0, 10**6, pos.nnz).astype(np.float64)
+    neg = sp.random(b, n, density=0.002, random_state=seed + 2, format="csr", dtype=np.float32)
+    exclude = sp.csr_matrix(((pos + neg) > 0).astype(np.float32))
+    state = UserState(pos, sp.csr_matrix(ts), exclude, clustered(b, f, seed + 3), rng.integers(-1, R, b),
+                      rng.integers(0, K, b))
+    return art, state
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_sources_equal_the_dense_top_k(seed):
+    """Trending and new (per-region lists), co-visitation (sparse product), genre_pop (genre
+    prefixes and their bound) and the ANN search with the region inside FAISS give exactly what
+    a top-k over the source's whole score block, without the exclusion block, gives."""
+    from reelrec.recall.als import topk_excluding
+    from reelrec.recall.candidates import dense_scores, exclusion_block, run_sources
+    from reelrec.recall.popular import genre_affinity, genre_pop_scores, new_scores
+    art, state = _random_artifacts(seed)
+    quotas = {"ann": 30, "covisit": 25, "trending": 20, "new": 10, "genre_pop": 30}
+    dense = dense_scores(art, state, tuple(quotas))
+    ex = exclusion_block(art, state)
+    ref = {"covisit": np.asarray((recent_seeds(state.positives, state.ts) @ art.covisit).todense(), np.float32),
+           "trending": trending_scores(art.stats, state.region), "new": new_scores(art.stats, len(state)),
+           "genre_pop": genre_pop_scores(genre_affinity(state.positives, art.stats.genres), art.stats)}
+    got = {r.name: r for r in run_sources(art, state, quotas, dense)}
+    cols = np.concatenate([got[s].cols for s in quotas], axis=1)
+    for name, block in ref.items():
+        np.testing.assert_array_equal(np.asarray(dense[name]), block)  # the block, read whole
+        np.testing.assert_array_equal(dense[name].at(cols), np.take_along_axis(block, np.maximum(cols, 0), axis=1))
+        s = np.where(block > 0, block, -np.inf) if name == "covisit" else block
+        want_c, want_s = topk_excluding(s, ex, quotas[name])
+        np.testing.assert_array_equal(got[name].cols, want_c, err_msg=name)
+        np.testing.assert_array_equal(got[name].scores, want_s, err_msg=name)
+    assert (got["new"].cols >= 0).all() and (got["covisit"].cols >= 0).any()
+    want_c, want_s = art.ann.search(state.vectors, quotas["ann"], ex)  # exact (flat) index
+    np.testing.assert_array_equal(got["ann"].cols, want_c)
+    np.testing.assert_allclose(got["ann"].scores, want_s, rtol=1e-6)
+    assert not is_member(ex, np.repeat(np.arange(len(state)), cols.shape[1]), np.maximum(cols, 0).ravel())[
+        cols.ravel() >= 0].any()
+    # the lists and FAISS selectors built on the way stay out of a pickled model (Ray ships it)
+    import pickle
+    again = pickle.loads(pickle.dumps(art))
+    assert "_derived" not in again.__dict__ and "_selectors" not in again.ann.__dict__
+    for r in run_sources(again, state, quotas, dense_scores(again, state, tuple(quotas))):
+        np.testing.assert_array_equal(r.cols, got[r.name].cols)
+
+
+def test_top_k_ties_keep_the_lowest_columns():
+    from reelrec.recall.als import topk_excluding
+    s = np.array([[1, 3, 3, 3, 0, 3], [2, 2, 2, 2, 2, 2]], np.float32)
+    ex = sp.csr_matrix(np.array([[0, 0, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], np.float32))
+    cols, vals = topk_excluding(s, ex, 3)
+    assert cols.tolist() == [[1, 3, 5], [1, 2, 3]]
+    assert vals.tolist() == [[3, 3, 3], [2, 2, 2]]

@@ -38,7 +38,7 @@ from reelrec.recall.als import (DEFAULT_GRID, ALSParams, content_vectors, fit_al
                                 recommend_als, topk_excluding, tune_als, _grid)
 from reelrec.recall.ann import ANNConfig, ANNIndex
 from reelrec.recall.candidates import (DEFAULT_QUOTAS, Artifacts, Candidates, UserState, dense_scores,
-                                       exclusion_block, merge, run_sources)
+                                       merge, run_sources)
 from reelrec.recall.covisit import EASE_MAX_TITLES, covisitation, ease
 from reelrec.recall.popular import compute_stats, seconds
 from reelrec.recommender import TrainData
@@ -213,7 +213,7 @@ class Pipeline:
     # stage 1
     def candidates(self, state: UserState) -> tuple[Candidates, dict[str, np.ndarray]]:
         dense = dense_scores(self.art, state, tuple(self.cfg.quotas))
-        results = run_sources(self.art, state, self.cfg.quotas, dense, exclusion_block(self.art, state))
+        results = run_sources(self.art, state, self.cfg.quotas, dense)
         return merge(results, self.cfg.max_candidates), dense
 
     def features(self, state: UserState, cands: Candidates, dense) -> np.ndarray:
@@ -229,8 +229,9 @@ class Pipeline:
             out = (np.full((b, k), -1, np.int64), np.full((b, k), -np.inf, np.float32))
             return out + (np.full((b, k), "", dtype=object),) if with_sources else out
         x = self.features(state, cands, dense)
-        if self.ranker is not None:
-            s = self.ranker.predict(x.reshape(b * c, -1), num_threads=self.cfg.ranker.threads).reshape(b, c)
+        if self.ranker is not None:  # padding rows are not predicted (about a fifth at 100 K titles)
+            s = np.full((b, c), -np.inf)
+            s[cands.valid] = self.ranker.predict(x[cands.valid], num_threads=self.cfg.ranker.threads)
         else:  # no ranker yet: order by best source placement
             s = -np.nan_to_num(x[:, :, feature_names(cands.sources).index("best_rank")], nan=1e9)
         s = np.where(cands.valid, s, -np.inf).astype(np.float32)

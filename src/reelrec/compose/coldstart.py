@@ -117,6 +117,8 @@ class ColdStartPriors:
         self.cfg = cfg or ComposeConfig()
         self.pop = {k.upper(): np.asarray(v, np.float64) for k, v in (popularity_by_region or {}).items()}
         self._segments: dict[tuple, Candidates] = {}
+        self._picked: dict[tuple, Candidates] = {}  # (segment, onboarding picks) -> candidates
+        self._global: tuple[np.ndarray, np.ndarray] | None = None
         rt = features.runtime_s / 60.0
         self._short = np.nan_to_num(rt, nan=90.0) <= 45.0
         self._long = (features.kind != SERIES) & (np.nan_to_num(rt, nan=0.0) >= 100.0)
@@ -124,7 +126,11 @@ class ColdStartPriors:
 
     def popularity(self, region: str | None) -> np.ndarray:
         p = self.pop.get((region or "").upper())
-        return p if p is not None else self.features.popularity.astype(np.float64)
+        if p is not None:
+            return p
+        if self._global is None or self._global[0] is not self.features.popularity:
+            self._global = (self.features.popularity, self.features.popularity.astype(np.float64))
+        return self._global[1]
 
     def segment(self, region: str | None, device: str | None, hour: int | None) -> Candidates:
         """The top ``cold_pool`` titles of a (region, device, hour band) segment; O(catalog) once."""
@@ -157,10 +163,20 @@ class ColdStartPriors:
         picks = [g for g in (self.features.genre_index(x) for x in profile.onboarding_genres) if g >= 0]
         if not picks:
             return seg
+        key = ((profile.region or "").upper(), (profile.device or "web").lower(), hour_band(profile.hour),
+               tuple(picks))
+        got = self._picked.get(key)
+        if got is None:
+            if len(self._picked) >= 4096:  # picks make many segments: keep the cache bounded
+                self._picked.clear()
+            got = self._picked[key] = self._with_picks(seg, profile.region, picks)
+        return got
+
+    def _with_picks(self, seg: Candidates, region: str | None, picks: list[int]) -> Candidates:
         f = self.features
         extra = np.concatenate([f.top_of_genre(g, 40) for g in picks]).astype(np.int64)
         t = np.concatenate([seg.titles, extra])
-        pop = self.popularity(profile.region)
+        pop = self.popularity(region)
         base = np.log1p(np.clip(pop[t], 0, None))
         base = base / base.max() if base.max() > 0 else base
         s = np.concatenate([seg.scores, base[len(seg.titles):]])

@@ -39,8 +39,9 @@ def feature_names(sources: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _take(block: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    return np.take_along_axis(block, np.maximum(cols, 0), axis=1)
+def _take(block, cols: np.ndarray) -> np.ndarray:
+    at = getattr(block, "at", None)  # a ScoreBlock computes only the candidates' scores
+    return at(cols) if at is not None else np.take_along_axis(block, np.maximum(cols, 0), axis=1)
 
 
 def build_features(art: Artifacts, state: UserState, cands: Candidates,
@@ -77,9 +78,9 @@ def build_features(art: Artifacts, state: UserState, cands: Candidates,
 
     region = state.region
     reg_ok = (region >= 0)[:, None] & (len(st.regions) > 0)
-    pop_region = st.pop_region[np.maximum(region, 0)][np.arange(b)[:, None], c0] if len(st.regions) \
+    pop_region = st.pop_region[np.maximum(region, 0)[:, None], c0] if len(st.regions) \
         else np.zeros((b, c), np.float32)
-    trend_region = st.trend_region[np.maximum(region, 0)][np.arange(b)[:, None], c0] if len(st.regions) \
+    trend_region = st.trend_region[np.maximum(region, 0)[:, None], c0] if len(st.regions) \
         else np.zeros((b, c), np.float32)
     # popularity as shares of the window's totals, for the same reason
     pop_share = st.pop / max(st.pop.sum(), 1.0)
@@ -97,11 +98,11 @@ def build_features(art: Artifacts, state: UserState, cands: Candidates,
     tg = st.genres.astype(np.float32)
     n_g = np.maximum(np.asarray(tg.sum(axis=1)).ravel(), 1.0)
     # affinity of the user for each candidate's genres: (aff @ genres^T) gathered at the candidates
-    ga = np.asarray(tg.dot(aff.T).T, dtype=np.float32)  # (B, N)
-    gmax = _genre_max(aff, tg)  # (B, N)
+    ga = _genre_dot_at(tg, aff, c0)  # (B, C): (aff @ genres^T) at the candidates
+    gmax = _genre_max_at(tg, aff, c0)  # (B, C)
     kind_share = _kind_share(state.positives, st.kind)  # (B, K)
     kind_c = st.kind[c0]
-    feats += [_take(ga, cols) / n_g[c0], _take(gmax, cols),
+    feats += [ga / n_g[c0], gmax,
               np.take_along_axis(kind_share, kind_c, axis=1), kind_c.astype(np.float32),
               st.runtime_min[c0]]
 
@@ -114,16 +115,15 @@ def build_features(art: Artifacts, state: UserState, cands: Candidates,
               is_series * mobile, runtime * night]
 
     cl = np.clip(state.cluster, 0, st.completion.shape[0] - 1)
-    feats += [st.completion[cl][np.arange(b)[:, None], c0], st.completion_all[c0],
-              st.ctr[cl][np.arange(b)[:, None], c0], st.ctr_all[c0]]
+    feats += [st.completion[cl[:, None], c0], st.completion_all[c0],
+              st.ctr[cl[:, None], c0], st.ctr_all[c0]]
 
     sg = state.search_genres
-    search = np.asarray(tg.dot(sg.T).T, dtype=np.float32) if sg.shape[1] == tg.shape[1] \
-        else np.zeros((b, tg.shape[0]), np.float32)
+    search = _genre_dot_at(tg, sg, c0) if sg.shape[1] == tg.shape[1] else np.zeros((b, c), np.float32)
     n_pos = np.diff(sp.csr_matrix(state.positives).indptr).astype(np.float32)
     x = sp.csr_matrix(state.positives)
     pop_mean = np.asarray((x > 0).astype(np.float32) @ np.log(pop_share + 1e-7)).ravel() / np.maximum(n_pos, 1)
-    feats += [_take(search, cols), np.log1p(n_pos)[:, None] * ones, state.events_week[:, None] * ones,
+    feats += [search, np.log1p(n_pos)[:, None] * ones, state.events_week[:, None] * ones,
               pop_mean[:, None] * ones]
 
     out = np.stack([np.asarray(f, dtype=np.float32) for f in feats], axis=2)
@@ -131,14 +131,43 @@ def build_features(art: Artifacts, state: UserState, cands: Candidates,
     return out
 
 
-def _genre_max(aff: np.ndarray, tg: sp.csr_matrix) -> np.ndarray:
-    """The user's largest affinity among each title's genres, (B, N)."""
+def _title_genres(tg: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Each title's genre columns and values in the matrix's stored order, (N, most genres),
+    padded with -1 and 0."""
     tg = sp.csr_matrix(tg)
-    out = np.zeros((aff.shape[0], tg.shape[0]), np.float32)
-    for g in range(tg.shape[1]):  # genres are few (tens); titles and users stay vectorised
-        titles = tg[:, g].nonzero()[0]
-        if len(titles):
-            out[:, titles] = np.maximum(out[:, titles], aff[:, g:g + 1])
+    n_per = np.diff(tg.indptr)
+    width = int(n_per.max(initial=0))
+    cols = np.full((tg.shape[0], width), -1, np.int64)
+    vals = np.zeros((tg.shape[0], width), tg.dtype)
+    rows = np.repeat(np.arange(tg.shape[0]), n_per)
+    pos = np.arange(tg.nnz) - tg.indptr[rows]
+    cols[rows, pos], vals[rows, pos] = tg.indices, tg.data
+    return cols, vals
+
+
+def _genre_dot_at(tg: sp.csr_matrix, aff: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """(tg @ aff.T).T at the candidates only, (B, C) float32: each title's genres summed in the
+    order the sparse product sums them (stored order, float32), so the values are the same."""
+    cols, vals = _title_genres(tg)
+    dt = np.result_type(tg.dtype, aff.dtype)
+    aff = np.asarray(aff, dt)
+    vals = vals.astype(dt, copy=False)
+    out = np.zeros(c0.shape, dt)
+    rows = np.arange(c0.shape[0])[:, None]
+    for j in range(cols.shape[1]):
+        g = cols[c0, j]
+        out += np.where(g >= 0, vals[c0, j] * aff[rows, np.maximum(g, 0)], dt.type(0))
+    return out.astype(np.float32, copy=False)
+
+
+def _genre_max_at(tg: sp.csr_matrix, aff: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """The user's largest affinity among each candidate's genres (0 without any), (B, C)."""
+    cols, _ = _title_genres(tg)
+    out = np.zeros(c0.shape, np.float32)
+    rows = np.arange(c0.shape[0])[:, None]
+    for j in range(cols.shape[1]):
+        g = cols[c0, j]
+        out = np.where(g >= 0, np.maximum(out, aff[rows, np.maximum(g, 0)]), out)
     return out
 
 

@@ -176,22 +176,44 @@ def _mask(m: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
 def topk_excluding(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k columns of each row of a dense score block, skipping ``exclude`` entries.
 
-    Returns (cols, scores), best first; rows with fewer than k allowed columns are padded with -1
-    and -inf.
+    Returns (cols, scores), best first, equal scores in column order (a tie at the k-th place
+    keeps the lowest columns), so the result does not depend on how the block was searched;
+    rows with fewer than k allowed columns are padded with -1 and -inf.
     """
     s = np.array(scores, dtype=np.float32, copy=True)
     if exclude is not None and exclude.nnz:
         ex = sp.csr_matrix(exclude)
         r = np.repeat(np.arange(ex.shape[0]), np.diff(ex.indptr))
         s[r, ex.indices] = -np.inf
+    b = s.shape[0]
     k = min(k, s.shape[1])
+    if k <= 0 or b == 0:
+        return np.full((b, max(k, 0)), -1, np.int64), np.full((b, max(k, 0)), -np.inf, np.float32)
     part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    ps = np.take_along_axis(s, part, axis=1)
-    order = np.argsort(-ps, axis=1, kind="stable")
-    cols = np.take_along_axis(part, order, axis=1)
-    vals = np.take_along_axis(ps, order, axis=1)
-    cols = np.where(np.isfinite(vals), cols, -1)
-    return cols, vals
+    kth = np.take_along_axis(s, part, axis=1).min(axis=1)
+    # every entry above the k-th value is in ``part``; the entries equal to it are ties that
+    # argpartition picked arbitrarily: take them all here, and keep the lowest columns below
+    rows, cols = np.nonzero((s >= kth[:, None]) & (s > -np.inf))
+    return topk_entries(rows, cols, s[rows, cols], b, k)
+
+
+def topk_entries(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (cols, vals) per row from scattered entries (row, col, value), best first, equal
+    values in column order; rows short of k are padded with -1 and -inf (float32)."""
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    vals = np.asarray(vals, np.float32)
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    first = np.searchsorted(rows, np.arange(n_rows))
+    pos = np.arange(len(rows)) - first[rows] if len(rows) else np.zeros(0, np.int64)
+    keep = pos < k
+    out_c = np.full((n_rows, k), -1, np.int64)
+    out_v = np.full((n_rows, k), -np.inf, np.float32)
+    out_c[rows[keep], pos[keep]] = cols[keep]
+    out_v[rows[keep], pos[keep]] = vals[keep]
+    return out_c, out_v
 
 
 def ndcg_at_k(recs: np.ndarray, held: sp.csr_matrix, k: int = 10) -> float:

@@ -59,18 +59,66 @@ class ANNIndex:
         index.add(v)
         return cls(index, kind, cfg, max_norm)
 
+    def __getstate__(self) -> dict:
+        # FAISS ID selectors (``_selector``) hold pointers: rebuilt where the index is searched
+        return {k: v for k, v in self.__dict__.items() if k != "_selectors"}
+
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
-               extra: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               extra: int | None = None, unavailable: sp.csr_matrix | None = None,
+               groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (cols, scores) per query row, best first, without ``exclude`` entries.
 
         Asks FAISS for ``k + extra`` neighbours (default: the largest exclusion row) and drops
         the excluded ones; rows left short are padded with -1 / -inf.
+
+        ``unavailable`` (groups x titles, e.g. titles not available per region) with ``groups``
+        (one row of it per query) is applied inside the search instead: FAISS skips those titles
+        (one ID selector per group, built once), so they cost no extra neighbours. Passing the
+        region's unavailable titles through ``exclude`` instead makes ``extra`` the size of the
+        region's blocked list (tens of thousands at 100 K titles), and HNSW's efSearch with it.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        if unavailable is not None:
+            groups = np.asarray(groups, np.int64)
+            cols = np.full((len(q), k), -1, np.int64)
+            scores = np.full((len(q), k), -np.inf, np.float32)
+            ex = sp.csr_matrix(exclude) if exclude is not None else None
+            for g in np.unique(groups).tolist():
+                rows = np.flatnonzero(groups == g)
+                c, s = self._search(q[rows], k, ex[rows] if ex is not None else None, extra,
+                                    self._selector(unavailable, g))
+                cols[rows], scores[rows] = c, s
+            return cols, scores
+        return self._search(q, k, exclude, extra, None)
+
+    def _selector(self, unavailable: sp.csr_matrix, group: int):
+        """A FAISS ID selector of the titles not blocked in row ``group`` of ``unavailable``
+        (cached: one per group and matrix; None when nothing is blocked)."""
+        import faiss
+        key = (id(unavailable), group)
+        cache = self.__dict__.setdefault("_selectors", {})
+        got = cache.get(key)
+        if got is None:
+            blocked = sp.csr_matrix(unavailable)[group].indices
+            if len(blocked) == 0:
+                got = (None, None, unavailable)
+            else:
+                allowed = np.ones(self.size, bool)
+                allowed[blocked[blocked < self.size]] = False
+                bitmap = np.packbits(allowed, bitorder="little")
+                # the selector reads the bitmap by pointer: keep both (and the matrix, so its id
+                # is not reused) alive together
+                got = (faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(bitmap)), bitmap, unavailable)
+            cache[key] = got
+        return got[0]
+
+    def _search(self, q: np.ndarray, k: int, exclude: sp.csr_matrix | None, extra: int | None,
+                selector) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
         n = self.size
         if exclude is not None:
             exclude = sp.csr_matrix(exclude)
@@ -78,14 +126,22 @@ class ANNIndex:
                 extra = int(np.diff(exclude.indptr).max(initial=0))
         kk = min(n, k + (extra or 0))
         if self.kind == "hnsw":
-            self.index.hnsw.efSearch = max(self.cfg.ef_search, kk)
+            ef = max(self.cfg.ef_search, kk)
             qa = np.hstack([q, np.zeros((len(q), 1), np.float32)])
-            dist, cols = self.index.search(qa, kk)
+            if selector is not None:
+                dist, cols = self.index.search(qa, kk, params=faiss.SearchParametersHNSW(sel=selector, efSearch=ef))
+            else:
+                self.index.hnsw.efSearch = ef
+                dist, cols = self.index.search(qa, kk)
             # |q - v'|^2 = |q|^2 + M^2 - 2 q.v  ->  q.v
             scores = (np.einsum("ij,ij->i", q, q)[:, None] + self.max_norm - dist) / 2.0
             scores = np.where(cols >= 0, scores, -np.inf).astype(np.float32)
         else:
-            scores, cols = self.index.search(q, kk)
+            if selector is not None:
+                scores, cols = self.index.search(q, kk, params=faiss.SearchParameters(sel=selector))
+                scores = np.where(cols >= 0, scores, -np.inf).astype(np.float32)
+            else:
+                scores, cols = self.index.search(q, kk)
         cols = cols.astype(np.int64)
         if exclude is not None and exclude.nnz:
             bad = is_member(exclude, np.repeat(np.arange(len(q)), kk), np.maximum(cols.ravel(), 0))
