@@ -9,7 +9,10 @@ Groups: each source's score and rank (and the score relative to the user's best 
 popularity (global, regional, recent) and trending; freshness; genre and kind affinity; context
 (time of day and device shares against runtime and kind); completion and click-through rates
 among similar users (the user's ALS cluster, smoothed toward the title's global rate); search
-intent (genres named in recent searches); user activity.
+intent (genres named in recent searches); user activity; time (when the title was engaged with
+against when the user was active, and the title's popularity in the user's active periods).
+Without ``context`` the time-of-day and device group is left out: the ablation model
+"reelrec-ranker-nocontext".
 """
 
 from __future__ import annotations
