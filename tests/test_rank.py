@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
@@ -17,7 +18,9 @@ from test_train import small_config  # noqa: E402
 
 from reelrec.batch.pipeline import Pipeline, RankerRecommender, fit_stage1  # noqa: E402
 from reelrec.domain.events import EVENT_SCHEMA  # noqa: E402
-from reelrec.rank.features import build_features, feature_names  # noqa: E402
+from reelrec.batch.pipeline import make_recommender  # noqa: E402
+from reelrec.eval.models import resolve  # noqa: E402
+from reelrec.rank.features import CONTEXT_FEATURES, build_features, feature_names  # noqa: E402
 from reelrec.rank.ranker import RankerParams, label_window  # noqa: E402
 from reelrec.recall.ann import is_member  # noqa: E402
 
@@ -60,6 +63,10 @@ def test_temporal_labels_come_after_every_feature_event():
     s1, cands, x, names = _window_features(data, w)
     late_users = [data.matrix.user_index()[f"u{u:02d}"] for u in range(30, 45)]
     assert s1.art.stats.pop[t40] == 0 and s1.art.stats.trend_week[t40] == 0
+    # nor when it was watched: the time features see no engagement of it
+    assert np.isnan(s1.art.stats.first_s[t40]) and np.isnan(s1.art.stats.mean_s[t40])
+    assert not s1.art.stats.pop_time[:, t40].any()
+    assert s1.art.stats.time_edges[-1] < w.ref.timestamp()
     assert s1.users.positives[late_users][:, t40].nnz == 0
     # features of the window are the same whether or not the label events exist at all
     clean = data.events.filter(pc.less(data.events.column("ts"), pa.scalar(w.ref, EVENT_SCHEMA.field("ts").type)))
@@ -142,3 +149,54 @@ def test_speed_layer_scores_one_user_after_fold_in():
     assert not (row.toarray()[0, cols[0]] > 0).any()
     trained = pipe.users.vectors[5]
     assert vec @ trained / (np.linalg.norm(vec) * np.linalg.norm(trained)) > 0.95
+
+
+def test_time_features_place_a_title_against_the_users_activity():
+    """t40 is first watched on day 20 by group B: for a user whose positives all lie before it,
+    the title came after their last visit; popularity in the user's periods is the title's share
+    of the spans the user was active in."""
+    data = batch_world.train_data(_late_title_events(batch_world.train_data()))
+    cfg = small_config()
+    m = data.matrix
+    s1 = fit_stage1(m.positives, _ts(data), m.negatives, m.finished,
+                    data.events, data.catalog, m.user_ids, data.users,
+                    batch_world.T0 + dt.timedelta(days=30), cfg, cfg.als, None)
+    st = s1.art.stats
+    t40 = data.catalog.index_of("t40")
+    assert st.first_s[t40] == (batch_world.T0 + dt.timedelta(days=20)).timestamp()
+    u = m.user_index()["u00"]  # group A: never watched t40
+    state = s1.users.take(np.array([u]))
+    last = sp.csr_matrix(state.ts).data.max()
+    from reelrec.recall.candidates import Candidates
+    cands = Candidates(np.array([[t40, 0]]), np.zeros((1, 2, 1), np.float32), ("ann",))
+    x = build_features(s1.art, state, cands, {})
+    names = feature_names(("ann",))
+    got = x[0, 0, names.index("title_first_vs_user_last")]
+    assert got == pytest.approx((st.first_s[t40] - last) / 86400.0, rel=1e-5)
+    period = x[0, :, names.index("pop_user_period")]
+    # the user was never active when t40 was watched, so its share there is nil
+    assert last < st.first_s[t40] and period[0] == pytest.approx(np.log(1e-7))
+    assert period[1] > period[0]
+
+
+def _ts(data):
+    from reelrec.rank.ranker import aligned_ts
+    return aligned_ts(data.events, data.catalog, data.matrix)
+
+
+def test_nocontext_ranker_drops_exactly_the_context_features():
+    assert resolve("reelrec-ranker-nocontext", 3).model.config.context_features is False
+    assert make_recommender("reelrec-ranker", seed=3).config.context_features is True
+    data = batch_world.train_data()
+    rec = RankerRecommender(small_config(context_features=False)).fit(data)
+    names = rec.report["ranker"]["features"]
+    assert not set(CONTEXT_FEATURES) & set(names)
+    assert rec.pipeline.ranker.num_feature() == len(names)
+    state = rec.pipeline.users.take(np.arange(4))
+    cands, dense = rec.pipeline.candidates(state)
+    x = rec.pipeline.features(state, cands, dense)
+    assert names == [n for n in feature_names(cands.sources) if n not in CONTEXT_FEATURES]
+    x_all = build_features(rec.pipeline.art, state, cands, dense)
+    keep = [i for i, n in enumerate(feature_names(cands.sources)) if n not in CONTEXT_FEATURES]
+    np.testing.assert_array_equal(x, x_all[:, :, keep])
+    assert rec.recommend(np.arange(4), 5).shape == (4, 5)

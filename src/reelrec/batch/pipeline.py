@@ -62,6 +62,9 @@ class PipelineConfig:
     batch_users: int = 256
     exclude_seen: bool = True  # the evaluation contract: never return a training title
     ranker: RankerParams = field(default_factory=RankerParams)
+    # the ranker's time-of-day and device features (rank.features.CONTEXT_FEATURES); off for the
+    # ablation that measures what they add ("reelrec-ranker-nocontext")
+    context_features: bool = True
     ann: ANNConfig = field(default_factory=ANNConfig)
 
     def as_dict(self) -> dict:
@@ -217,7 +220,7 @@ class Pipeline:
         return merge(results, self.cfg.max_candidates), dense
 
     def features(self, state: UserState, cands: Candidates, dense) -> np.ndarray:
-        return build_features(self.art, state, cands, dense)
+        return build_features(self.art, state, cands, dense, self.cfg.context_features)
 
     # stage 2
     def score(self, state: UserState, k: int, with_sources: bool = False):
@@ -233,7 +236,7 @@ class Pipeline:
             s = np.full((b, c), -np.inf)
             s[cands.valid] = self.ranker.predict(x[cands.valid], num_threads=self.cfg.ranker.threads)
         else:  # no ranker yet: order by best source placement
-            s = -np.nan_to_num(x[:, :, feature_names(cands.sources).index("best_rank")], nan=1e9)
+            s = -np.nan_to_num(x[:, :, feature_names(cands.sources, self.cfg.context_features).index("best_rank")], nan=1e9)
         s = np.where(cands.valid, s, -np.inf).astype(np.float32)
         kk = min(k, c)
         part = np.argsort(-s, axis=1, kind="stable")[:, :kk]
@@ -325,7 +328,7 @@ def ranker_dataset(pipe: Pipeline, labels: sp.csr_matrix, advance=None, max_user
         state = pipe.users.take(r)
         cands, dense = pipe.candidates(state)
         if cands.cols.shape[1]:
-            names = feature_names(cands.sources)
+            names = feature_names(cands.sources, pipe.cfg.context_features)
             x = pipe.features(state, cands, dense)
             b, c = cands.cols.shape
             y = is_member(labels[r], np.repeat(np.arange(b), c), np.maximum(cands.cols.ravel(), 0)).reshape(b, c)
@@ -436,7 +439,8 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
 
 # --- Recommenders for the evaluation harness ---------------------------------------------------------
 class RankerRecommender:
-    """reelrec's two stages (candidates -> LambdaRank) behind the ``Recommender`` protocol."""
+    """reelrec's two stages (candidates -> LambdaRank) behind the ``Recommender`` protocol;
+    "reelrec-ranker-nocontext" is the same without the context features (the ablation)."""
 
     name = "reelrec-ranker"
 
@@ -506,9 +510,11 @@ def make_recommender(name: str, seed: int = 42):
     """
     if name == "als":
         return ALSRecommender(ALSParams(seed=seed))
-    if name == "reelrec-ranker":
-        return RankerRecommender(PipelineConfig(als=ALSParams(seed=seed), ranker=RankerParams(seed=seed)))
-    raise InvalidInput(f"no batch recommender named {name!r} (als, reelrec-ranker)", field="models")
+    if name in ("reelrec-ranker", "reelrec-ranker-nocontext"):
+        return RankerRecommender(PipelineConfig(als=ALSParams(seed=seed), ranker=RankerParams(seed=seed),
+                                                context_features=name == "reelrec-ranker"))
+    raise InvalidInput(f"no batch recommender named {name!r} (als, reelrec-ranker, reelrec-ranker-nocontext)",
+                       field="models")
 
 
 __all__ = ["make_recommender", "Pipeline", "PipelineConfig", "RankerRecommender", "ALSRecommender", "fit_pipeline",

@@ -259,7 +259,7 @@ BASELINES: dict[str, Callable[..., Recommender]] = {
     "ease": EASERecommender,
     "covisit": CovisitRecommender,
 }
-BATCH_MODELS = ("als", "reelrec-ranker")
+BATCH_MODELS = ("als", "reelrec-ranker", "reelrec-ranker-nocontext")
 BATCH_MODULE = "reelrec.batch.pipeline"
 # composed pages, built on the batch layer: name -> (module, class), imported when asked for
 COMPOSED_MODELS = {"reelrec-homepage": ("reelrec.eval.homepage_model", "HomepageRecommender")}
@@ -327,7 +327,7 @@ def resolve(name: str, seed: int = 0) -> Resolved:
             return Resolved(name, None, reason=f"{module} cannot be imported ({exc})")
     if name not in BATCH_MODELS:
         raise InvalidInput(FieldError("models", f"unknown model {name!r}; expected some of "
-                                                f"{', '.join(DEFAULT_MODELS)}"))
+                                                f"{', '.join(dict.fromkeys(DEFAULT_MODELS + BATCH_MODELS))}"))
     try:
         model = _from_batch(name, seed)
         if not isinstance(model, Recommender):

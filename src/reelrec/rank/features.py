@@ -9,7 +9,10 @@ Groups: each source's score and rank (and the score relative to the user's best 
 popularity (global, regional, recent) and trending; freshness; genre and kind affinity; context
 (time of day and device shares against runtime and kind); completion and click-through rates
 among similar users (the user's ALS cluster, smoothed toward the title's global rate); search
-intent (genres named in recent searches); user activity.
+intent (genres named in recent searches); user activity; time (when the title was engaged with
+against when the user was active, and the title's popularity in the user's active periods).
+Without ``context`` the time-of-day and device group is left out: the ablation model
+"reelrec-ranker-nocontext".
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import scipy.sparse as sp
 
 from reelrec.domain.catalog import KINDS
 from reelrec.recall.candidates import Artifacts, Candidates, UserState
-from reelrec.recall.popular import genre_affinity
+from reelrec.recall.popular import genre_affinity, time_bin
 
 CONTEXT_FEATURES = ("tv_share", "mobile_share", "night_share", "evening_share", "runtime_x_mobile",
                     "runtime_x_tv", "series_x_mobile", "runtime_x_night")
 
 
-def feature_names(sources: tuple[str, ...]) -> list[str]:
+def feature_names(sources: tuple[str, ...], context: bool = True) -> list[str]:
+    """The columns of ``build_features`` for candidates from ``sources``; without ``context``,
+    the time-of-day and device features (``CONTEXT_FEATURES``) are left out (the ablation)."""
     names = []
     for s in sources:
         names += [f"{s}_rank", f"{s}_rel", f"{s}_z"]
@@ -35,8 +40,9 @@ def feature_names(sources: tuple[str, ...]) -> list[str]:
               "genre_affinity", "genre_max", "kind_affinity", "kind", "runtime_min",
               *CONTEXT_FEATURES,
               "completion_cluster", "completion_all", "ctr_cluster", "ctr_all",
-              "search_genre", "user_positives_log", "user_events_week", "user_title_pop_mean"]
-    return names
+              "search_genre", "user_positives_log", "user_events_week", "user_title_pop_mean",
+              "title_first_vs_user_last", "title_mean_vs_user_mean", "pop_user_period"]
+    return names if context else [n for n in names if n not in CONTEXT_FEATURES]
 
 
 def _take(block, cols: np.ndarray) -> np.ndarray:
@@ -45,8 +51,9 @@ def _take(block, cols: np.ndarray) -> np.ndarray:
 
 
 def build_features(art: Artifacts, state: UserState, cands: Candidates,
-                   dense: dict[str, np.ndarray]) -> np.ndarray:
-    """(B, C, F) float32 features for the candidates of a batch (padding rows are NaN)."""
+                   dense: dict[str, np.ndarray], context: bool = True) -> np.ndarray:
+    """(B, C, F) float32 features for the candidates of a batch (padding rows are NaN), in the
+    order of ``feature_names(cands.sources, context)``."""
     st = art.stats
     state = state.filled(st.genres.shape[1])
     cols = cands.cols
@@ -126,9 +133,39 @@ def build_features(art: Artifacts, state: UserState, cands: Candidates,
     feats += [search, np.log1p(n_pos)[:, None] * ones, state.events_week[:, None] * ones,
               pop_mean[:, None] * ones]
 
+    feats += _time_features(st, state, c0)
+
     out = np.stack([np.asarray(f, dtype=np.float32) for f in feats], axis=2)
     out[cols < 0] = np.nan
+    if not context:
+        keep = [i for i, n in enumerate(feature_names(cands.sources)) if n not in CONTEXT_FEATURES]
+        out = out[:, :, keep]
     return out
+
+
+def _time_features(st, state: UserState, c0: np.ndarray) -> list[np.ndarray]:
+    """Days between when a title was engaged with (by anyone) and when the user was active:
+    first engagement against the user's last positive, mean against mean. NaN when unknown."""
+    b, c = c0.shape
+    if len(st.first_s) == 0 or len(st.time_edges) == 0 or state.ts is None:  # saved before these
+        return [np.full((b, c), np.nan, np.float32)] * 3
+    t = sp.csr_matrix(state.ts)
+    n = np.diff(t.indptr)
+    last = np.full(b, np.nan)
+    mean = np.full(b, np.nan)
+    has = n > 0
+    if has.any():
+        last[has] = np.maximum.reduceat(t.data, t.indptr[:-1][has])
+        mean[has] = np.add.reduceat(t.data, t.indptr[:-1][has]) / n[has]
+    # the title's share of engagement in the periods the user was active (their positives' spans)
+    tb = time_bin(st.time_edges, t.data)
+    rows = np.repeat(np.arange(b), n)
+    hist = np.zeros((b, len(st.time_edges) - 1), np.float32)
+    np.add.at(hist, (rows, tb), 1.0)
+    hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+    period = np.log(np.einsum("bt,tbc->bc", hist, st.pop_time[:, c0]) + 1e-7)
+    day = 86400.0
+    return [(st.first_s[c0] - last[:, None]) / day, (st.mean_s[c0] - mean[:, None]) / day, period]
 
 
 def _title_genres(tg: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:

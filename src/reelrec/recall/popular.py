@@ -14,7 +14,7 @@ cluster is the documented meaning of *similar*). The sources here are:
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +25,7 @@ from reelrec.domain.catalog import KINDS
 from reelrec.domain.matrix import index_of
 
 DAY_S = 86400.0
+TIME_BINS = 32
 ENGAGED = ("play_start", "progress", "complete", "thumbs_up", "rating", "watchlist_add")
 
 
@@ -49,6 +50,15 @@ class TitleStats:
     runtime_min: np.ndarray  # (N,)
     unavailable: sp.csr_matrix  # (R + 1, N): 1 where the title is not available in region r
     centroids: np.ndarray  # (K, f) user clusters in ALS space
+    # when each title was engaged with (epoch seconds, NaN: never): the ranker sets them against
+    # the user's own activity times (a title that first appears after a user's last visit is
+    # rarely one of theirs)
+    first_s: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (N,) first engagement
+    mean_s: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (N,) mean engagement time
+    # popularity by period: the window's engagements in TIME_BINS equal spans (edges in epoch
+    # seconds), each row the titles' shares of that span
+    time_edges: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (T + 1,)
+    pop_time: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (T, N)
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {}
@@ -66,6 +76,8 @@ class TitleStats:
     def from_arrays(cls, a: dict[str, np.ndarray]) -> "TitleStats":
         kw = {}
         for f in fields(cls):
+            if f.name not in a and f"{f.name}__data" not in a:
+                continue  # a version written before the field existed: its default
             if f"{f.name}__data" in a:
                 kw[f.name] = sp.csr_matrix((a[f"{f.name}__data"], a[f"{f.name}__indices"],
                                             a[f"{f.name}__indptr"]), shape=tuple(a[f"{f.name}__shape"]))
@@ -149,6 +161,19 @@ def compute_stats(events: pa.Table, catalog_table: pa.Table, user_ids: np.ndarra
                                 np.flatnonzero(user_r >= 0))), shape=(R, pos.shape[0]))
         pop_region = np.asarray((onehot @ (pos > 0).astype(np.float32)).todense(), dtype=np.float32)
     recent = np.bincount(cols[engaged & (age <= 7)], minlength=n).astype(np.float32)
+    first_s = np.full(n, np.inf)
+    np.minimum.at(first_s, cols[engaged], ts[engaged])
+    first_s[~np.isfinite(first_s)] = np.nan
+    cnt = np.bincount(cols[engaged], minlength=n)
+    mean_s = np.divide(np.bincount(cols[engaged], ts[engaged], n), cnt, out=np.full(n, np.nan), where=cnt > 0)
+    time_edges, pop_time = np.zeros(0), np.zeros((0, n), np.float32)
+    if engaged.any():
+        lo, hi = float(ts[engaged].min()), float(ts[engaged].max())
+        time_edges = np.linspace(lo, max(hi, lo + 1.0), TIME_BINS + 1)
+        tb = time_bin(time_edges, ts[engaged])
+        pt = np.zeros((TIME_BINS, n), np.float64)
+        np.add.at(pt, (tb, cols[engaged]), 1.0)
+        pop_time = (pt / np.maximum(pt.sum(axis=1, keepdims=True), 1.0)).astype(np.float32)
 
     # user clusters: "similar users" for completion and click-through rates
     k = int(max(1, min(clusters, len(user_ids) // 50)))
@@ -203,8 +228,13 @@ def compute_stats(events: pa.Table, catalog_table: pa.Table, user_ids: np.ndarra
         recent=recent, age_days=age_days, mean_weight=mean_weight, completion=completion, ctr=ctr,
         completion_all=completion_all, ctr_all=ctr_all, genres=g, genre_names=gnames.astype(str),
         kind=kind.astype(np.int64), runtime_min=runtime.astype(np.float32), unavailable=unavailable,
-        centroids=centroids)
+        centroids=centroids, first_s=first_s, mean_s=mean_s, time_edges=time_edges, pop_time=pop_time)
     return stats, ucl
+
+
+def time_bin(edges: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The span of ``edges`` each time falls in (times outside go to the first or last span)."""
+    return np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
 
 
 def genre_affinity(positives: sp.csr_matrix, genres: sp.csr_matrix) -> np.ndarray:
