@@ -200,3 +200,21 @@ def test_nocontext_ranker_drops_exactly_the_context_features():
     keep = [i for i, n in enumerate(feature_names(cands.sources)) if n not in CONTEXT_FEATURES]
     np.testing.assert_array_equal(x, x_all[:, :, keep])
     assert rec.recommend(np.arange(4), 5).shape == (4, 5)
+
+
+def test_a_ranker_trained_on_fewer_features_keeps_scoring_after_an_upgrade():
+    """A model version saved by an earlier reelrec has a ranker that knows fewer features than
+    this code builds; scoring picks the ranker's own columns by name instead of failing."""
+    from dataclasses import replace
+    data = batch_world.train_data()
+    rec = RankerRecommender(small_config(context_features=False)).fit(data)
+    older = rec.pipeline  # its ranker was trained without the context features
+    newer = Pipeline(older.art, older.ranker, replace(older.cfg, context_features=True),
+                     older.users, older.user_ids)
+    state = older.users.take(np.arange(6))
+    cols_old, s_old = older.score(state, 10)
+    cols_new, s_new = newer.score(state, 10)
+    np.testing.assert_array_equal(cols_new, cols_old)
+    np.testing.assert_array_equal(s_new, s_old)
+    cands, dense = newer.candidates(state)
+    assert newer.features(state, cands, dense).shape[2] == older.ranker.num_feature()

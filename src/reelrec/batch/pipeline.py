@@ -30,7 +30,7 @@ from reelrec.batch.progress import NullProgress
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import InteractionMatrix, index_of
 from reelrec.domain.users import DEVICES
-from reelrec.errors import InvalidInput
+from reelrec.errors import Conflict, InvalidInput
 from reelrec.log import get_logger
 from reelrec.rank.features import build_features, feature_names
 from reelrec.rank.ranker import RankerParams, Window, aligned_ts, label_window, train_ranker
@@ -220,7 +220,28 @@ class Pipeline:
         return merge(results, self.cfg.max_candidates), dense
 
     def features(self, state: UserState, cands: Candidates, dense) -> np.ndarray:
-        return build_features(self.art, state, cands, dense, self.cfg.context_features)
+        x = build_features(self.art, state, cands, dense, self.cfg.context_features)
+        return self._as_trained(x, cands.sources)
+
+    def _as_trained(self, x: np.ndarray, sources: tuple[str, ...]) -> np.ndarray:
+        """The feature columns the fitted ranker was trained on, by name. A version saved by an
+        earlier reelrec (fewer features) keeps scoring after an upgrade, until the next retrain.
+
+        Raises:
+            Conflict: the ranker needs a feature this code no longer builds.
+        """
+        if self.ranker is None:
+            return x
+        have = feature_names(sources, self.cfg.context_features)
+        if getattr(self, "_trained", (None,))[0] is not self.ranker:  # the ranker can be refit
+            self._trained = (self.ranker, self.ranker.feature_name())
+        want = self._trained[1]
+        if want == have:
+            return x
+        missing = [n for n in want if n not in have]
+        if missing:
+            raise Conflict(f"the model's ranker needs features this code does not build: {missing[:5]}")
+        return x[:, :, [have.index(n) for n in want]]
 
     # stage 2
     def score(self, state: UserState, k: int, with_sources: bool = False):
