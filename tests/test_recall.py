@@ -60,6 +60,31 @@ def test_search_drops_excluded_titles_and_pads():
     assert np.isneginf(scores[0, 2])
 
 
+def test_search_with_a_long_exclusion_row_searches_shallow_first_and_again_only_when_short():
+    # a region's unavailable titles make every exclusion row long; the first search asks for
+    # 4 x k neighbours and gives the same titles as a search as deep as the longest row
+    v = clustered(4000, 16, 4)
+    q = clustered(40, 16, 5)
+    rng = np.random.default_rng(6)
+    dense = np.zeros((40, 4000), dtype=np.float32)
+    dense[:, rng.random(4000) < 0.3] = 1  # unavailable in the region: 30% of the catalog
+    scores_all = q @ v.T
+    top = np.argsort(-scores_all, axis=1)
+    dense[0, top[0, :600]] = 1  # one user has seen all of their 600 best titles
+    ex = sp.csr_matrix(dense)
+    exact = ANNIndex.build(v, force="flat")
+    deep = exact.search(q, 10, ex, extra=int(np.diff(ex.indptr).max()))
+    calls = []
+    real = exact._search
+    exact._search = lambda qq, k, kk, e: calls.append((len(qq), kk)) or real(qq, k, kk, e)
+    cols, scores = exact.search(q, 10, ex)
+    np.testing.assert_array_equal(cols, deep[0])
+    np.testing.assert_allclose(scores, deep[1])
+    assert not ex[np.repeat(np.arange(40), 10), cols.ravel()].any()
+    # one shallow search for everyone, one deep search for the single row it left short
+    assert calls == [(40, 40), (1, 10 + int(np.diff(ex.indptr).max()))]
+
+
 def test_is_member_matches_dense_lookup():
     m = sp.random(20, 30, density=0.2, random_state=4, format="csr")
     rng = np.random.default_rng(5)
