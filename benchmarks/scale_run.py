@@ -12,7 +12,9 @@ shared), with its output in ``<log-prefix><stage>.log``; the table reads wall ti
 CPU time and peak RSS from those logs, so a stage run by hand the same way shows up too.
 
 * simulate: ``reelrec simulate --users --titles --days --seed``.
-* train: ``reelrec train --no-tune`` (the nightly build with the default parameters).
+* train: ``reelrec.batch.train.train`` as ``reelrec train --no-tune`` runs it (the nightly build,
+  no grid search), with a line per step (wall and CPU seconds); ``--ranker-windows`` and
+  ``--ranker-users`` (default 3 and 20,000, the library's defaults) bound the ranker's share.
 * precompute: ``reelrec.batch.precompute.precompute`` into the Redis cache, engine local, with a
   progress line every 10 s. ``--sample-users N`` composes a seeded random sample of N users
   (users with and without history in their proportions) after building every user's profile, and
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +112,57 @@ def _results(prefix: str, stage: str) -> dict:
         return {}
     m = re.findall(r"^SCALE_JSON (\{.*\})$", log.read_text(errors="replace"), re.M)
     return json.loads(m[-1]) if m else {}
+
+
+# --- train (runs in its own process) --------------------------------------------------------------
+class StepLog:
+    """train's progress as lines: each step's start and end with wall and CPU seconds, and a line
+    every ``every_s`` seconds inside long steps."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s, self.timings, self.cpu = every_s, {}, {}
+
+    @contextmanager
+    def step(self, name: str, total: int | None = None):
+        t0, c0 = time.perf_counter(), time.process_time()
+        done, last = [0], [t0]
+        say(f"[{time.strftime('%H:%M:%S')}] train: {name} ({total or 1:,})")
+
+        def advance(n=1):
+            done[0] += n
+            now = time.perf_counter()
+            if now - last[0] >= self.every_s:
+                last[0] = now
+                say(f"[{time.strftime('%H:%M:%S')}] train: {name} {done[0]:,}/{total or 1:,}, "
+                    f"{now - t0:,.0f} s, {time.process_time() - c0:,.0f} CPU s")
+        try:
+            yield advance
+        finally:
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            self.timings[name] = self.timings.get(name, 0.0) + wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + cpu
+            say(f"[{time.strftime('%H:%M:%S')}] train: {name} done in {wall:,.1f} s, {cpu:,.1f} CPU s, "
+                f"load {os.getloadavg()[0]:.1f}")
+
+
+def train_main(args) -> None:
+    from reelrec.batch.pipeline import PipelineConfig
+    from reelrec.batch.train import train
+    from reelrec.config import load_settings
+    from reelrec.rank.ranker import RankerParams
+
+    s = load_settings(data_dir=args.data)
+    cfg = PipelineConfig(tune=False, ranker=RankerParams(windows=args.ranker_windows,
+                                                         max_users=args.ranker_users))
+    prog = StepLog()
+    res = train(s, cfg, progress=prog)
+    m = res.manifest
+    print("SCALE_JSON " + json.dumps({
+        "version": res.version, "published": res.published, "seconds": round(res.seconds, 1),
+        "counts": m["counts"], "data": m["data"], "metrics": m["metrics"],
+        "ranker_windows": args.ranker_windows, "ranker_users": args.ranker_users,
+        "steps_wall_s": {k: round(v, 1) for k, v in prog.timings.items()},
+        "steps_cpu_s": {k: round(v, 1) for k, v in prog.cpu.items()}}), flush=True)
 
 
 # --- precompute (runs in its own process) ---------------------------------------------------------
@@ -330,12 +384,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--table", action="store_true", help="print the table from the logs and exit")
     ap.add_argument("--quick", action="store_true", help="2,000 x 500 x 1 in a temporary folder")
+    ap.add_argument("--ranker-windows", type=int, default=3, help="label windows for the ranker (train)")
+    ap.add_argument("--ranker-users", type=int, default=20_000, help="ranker users per window (train)")
     ap.add_argument("--precompute-process", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--train-process", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.precompute_process:
         return precompute_main(args)
+    if args.train_process:
+        return train_main(args)
     if args.table:
         print(table(args.log_prefix))
         return
@@ -360,8 +419,9 @@ def main(argv: list[str] | None = None) -> None:
                                       "--seed", str(args.seed), "--data", str(args.data)], prefix, args.nice):
                 sys.exit("simulate failed")
         if "train" in stages:
-            if run_stage("train", [py, "-m", "reelrec.cli", "train", "--no-tune", "--data", str(args.data)],
-                         prefix, args.nice, {"TERM": "dumb", "COLUMNS": "120"}):
+            if run_stage("train", [py, __file__, "--train-process", "--data", str(args.data),
+                                   "--ranker-windows", str(args.ranker_windows),
+                                   "--ranker-users", str(args.ranker_users)], prefix, args.nice):
                 sys.exit("train failed")
         if "precompute" in stages:
             if run_stage("precompute", [py, __file__, "--precompute-process", "--data", str(args.data),
