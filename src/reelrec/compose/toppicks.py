@@ -40,6 +40,9 @@ log = get_logger(__name__)
 
 EXPLOIT, EXPLORE, NOVEL = 0, 1, 2
 SLOT_KINDS: tuple[str, ...] = ("exploit", "explore", "novel")
+_COVISIT, _ONBOARDING = SOURCE["covisit"], SOURCE["onboarding"]
+_SOURCE_REASON = {SOURCE["trending"]: R.TRENDING, SOURCE["new"]: R.NEW_RELEASE, SOURCE["popular"]: R.POPULAR,
+                  SOURCE["regional"]: R.PRIOR}
 
 
 @dataclass
@@ -152,12 +155,23 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
                 explore_ok=~((gw & dom_words).any(axis=1)), theta=theta_by_cluster[cl], cluster=cl)
 
 
-def _penalty(pool: Pool, picked: np.ndarray, slots: np.ndarray, lo, hi, cap: int, n_v: int,
-             n_e: int) -> tuple[int, int, int, int]:
-    counts = np.bincount(pool.kind[picked], minlength=3)
-    genre = pool.mh[picked].sum(axis=0)
-    return (kind_deviation(counts, lo, hi), int(np.maximum(0, genre - cap).sum()),
-            max(0, n_v - int((slots == NOVEL).sum())), max(0, n_e - int((slots == EXPLORE).sum())))
+def _penalty(pool: Pool, idx: np.ndarray, slots: np.ndarray, lo, hi, cap: int, n_v: int,
+             n_e: int, features: CatalogFeatures) -> tuple[int, int, int, int]:
+    """Shortfall of a page (pool indices ``idx``, slot kinds ``slots``) on rules 3-6; the page has
+    at most ``page_size`` items, so plain Python counts beat numpy steps here."""
+    counts = [0, 0, 0]
+    for k in pool.kind[idx].tolist():
+        counts[k] += 1
+    per_genre: dict[int, int] = {}
+    gs = features.genre_sets
+    for t in pool.t[idx].tolist():
+        for g in gs[t]:
+            per_genre[g] = per_genre.get(g, 0) + 1
+    lo, hi = lo.tolist(), hi.tolist()
+    kind = sum(max(0, lo[k] - counts[k]) + max(0, counts[k] - hi[k]) for k in range(3))
+    sl = slots.tolist()
+    return (kind, sum(max(0, c - cap) for c in per_genre.values()),
+            max(0, n_v - sl.count(NOVEL)), max(0, n_e - sl.count(EXPLORE)))
 
 
 def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np.ndarray, cap: int,
@@ -171,7 +185,7 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
     size = len(pool)
     ts, kinds = pool.t.tolist(), pool.kind.tolist()
     gbits, tg = features.genre_bits, features.title_genres
-    picked = np.zeros(size, bool)
+    picked = [False] * size  # a list: the scans below test it per item
     kc = [0, 0, 0]
     gc: dict[int, int] = {}
     full = 0  # bit g set once genre g reached the cap
@@ -210,7 +224,7 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
         words = pool.gw.shape[1]
         used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
         for _ in range(min(n_e, n)):
-            a = ~picked & pool.explore_ok & (np.asarray(kc) < q)[pool.kind]
+            a = ~np.asarray(picked) & pool.explore_ok & (np.asarray(kc) < q)[pool.kind]
             if full:
                 fw = np.array([(full >> (64 * w)) & (2**64 - 1) for w in range(words)], np.uint64)
                 a &= ~((pool.gw & fw).any(axis=1))
@@ -294,56 +308,57 @@ def _page_order(pool: Pool, idx: np.ndarray, slots: np.ndarray) -> tuple[np.ndar
     with three), seen but not leading. docs/evaluation.md measures what each choice costs.
     """
     n = len(idx)
-    explore = idx[slots == EXPLORE][np.argsort(-pool.theta[idx[slots == EXPLORE]], kind="stable")]
-    keep = slots != EXPLORE
-    order = np.argsort(idx[keep], kind="stable")  # the pool is sorted by score: index order is score order
-    out = np.full(n, -1, np.int64)
-    out_slots = np.zeros(n, np.uint8)
-    taken = np.zeros(n, bool)
+    il, sl = idx.tolist(), slots.tolist()
+    explore = [i for i, k in zip(il, sl) if k == EXPLORE]
+    th = pool.theta[explore].tolist()
+    explore = [explore[j] for j in sorted(range(len(explore)), key=lambda j: -th[j])]  # stable
+    rest = sorted((i, k) for i, k in zip(il, sl) if k != EXPLORE)  # the pool is sorted by score
+    out = [-1] * n
+    out_slots = [0] * n
+    taken = [False] * n
     for j, i in enumerate(explore):  # a handful of explore slots per page
         p = int(round((j + 1) * n / (len(explore) + 1))) % n
         while taken[p]:
             p = (p + 1) % n
-        out[p], out_slots[p], taken[p] = int(i), EXPLORE, True
-    out[~taken], out_slots[~taken] = idx[keep][order], slots[keep][order]
-    return out, out_slots
+        out[p], out_slots[p], taken[p] = i, EXPLORE, True
+    free = (p for p in range(n) if not taken[p])
+    for (i, k), p in zip(rest, free):
+        out[p], out_slots[p] = i, k
+    return np.asarray(out, np.int64), np.asarray(out_slots, np.uint8)
 
 
 def item_reasons(features: CatalogFeatures, profile: UserProfile, pool: Pool, idx: np.ndarray,
                  slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A reason code and argument per picked item, from its slot kind and source."""
-    t = pool.t[idx]
-    first = features.first_genre[t]
-    mh = pool.mh[idx]
-    if mh.shape[1] and profile.genre_affinity is not None:
-        aff = np.where(mh, profile.genre_affinity[None, :], -np.inf)
-        best = aff.argmax(axis=1)
-        liked = np.where(aff[np.arange(len(t)), best] > 0, best, -1)
-    else:
-        liked = np.full(len(t), -1, np.int64)
-    picks = [g for g in (features.genre_index(x) for x in profile.onboarding_genres) if g >= 0]
-    picked_genre = first
-    if picks and len(t):
-        om = np.zeros_like(mh)
-        om[:, picks] = mh[:, picks]
-        picked_genre = np.where(om.any(axis=1), om.argmax(axis=1), first)
-    src, anc = pool.src[idx], pool.anchor[idx]
-    code = np.full(len(t), R.AFFINITY, np.uint8)
-    arg = liked.astype(np.int64)
-    rules = [
-        (src == SOURCE["trending"], R.TRENDING, -1),
-        (src == SOURCE["new"], R.NEW_RELEASE, -1),
-        (src == SOURCE["popular"], R.POPULAR, -1),
-        (src == SOURCE["regional"], R.PRIOR, -1),
-        (src == SOURCE["onboarding"], R.ONBOARDING, picked_genre),
-        ((src == SOURCE["covisit"]) & (anc >= 0), R.BECAUSE, anc),
-        (slots == NOVEL, R.NOVEL, first),
-        (slots == EXPLORE, R.EXPLORE, first),
-    ]
-    for mask, c, a in rules:  # later rules win: the slot kind explains more than the source
-        code[mask] = c
-        arg[mask] = (a[mask] if isinstance(a, np.ndarray) else a)
-    return code, arg
+    """A reason code and argument per picked item, from its slot kind and source.
+
+    The slot kind explains more than the source: explore and novel items name their first genre,
+    co-visitation items their anchor, onboarding items the picked genre they have (else their
+    first), the other sources their shelf-like reason; the rest the title's genre the user likes
+    most (the lowest such genre on ties; no argument unless that affinity is positive).
+    """
+    ts = pool.t[idx].tolist()
+    first = features.first_genre[pool.t[idx]].tolist()
+    srcs, ancs, sl = pool.src[idx].tolist(), pool.anchor[idx].tolist(), slots.tolist()
+    gs = features.genre_sets
+    ga = profile.genre_affinity.tolist() if features.n_genres and profile.genre_affinity is not None else None
+    picks = {g for g in (features.genre_index(x) for x in profile.onboarding_genres) if g >= 0}
+    code = [R.AFFINITY] * len(ts)
+    arg = [-1] * len(ts)
+    for j, t in enumerate(ts):
+        slot, src = sl[j], srcs[j]
+        if slot == EXPLORE or slot == NOVEL:
+            code[j], arg[j] = (R.EXPLORE if slot == EXPLORE else R.NOVEL), first[j]
+        elif src == _COVISIT and ancs[j] >= 0:
+            code[j], arg[j] = R.BECAUSE, ancs[j]
+        elif src == _ONBOARDING:
+            code[j], arg[j] = R.ONBOARDING, next((g for g in gs[t] if g in picks), first[j])
+        elif src in _SOURCE_REASON:
+            code[j] = _SOURCE_REASON[src]
+        elif ga is not None and gs[t]:
+            best = max(gs[t], key=ga.__getitem__)  # the first of equal maxima, as argmax
+            if ga[best] > 0:
+                arg[j] = best
+    return np.asarray(code, np.uint8), np.asarray(arg, np.int64)
 
 
 def select_top_picks(features: CatalogFeatures, profile: UserProfile, cands: Candidates,
@@ -369,20 +384,14 @@ def select_top_picks(features: CatalogFeatures, profile: UserProfile, cands: Can
     cap = cfg.genre_cap_for(n) if n < cfg.page_size else cfg.genre_cap
     n_e, n_v = cfg.explore_slots(n), cfg.novel_slots_for(n)
     idx, slots = _greedy(pool, features, n, q, hi, cap, n_v, n_e)
-    picked = np.zeros(len(pool), bool)
-    picked[idx] = True
-    slot_of = np.zeros(len(pool), np.uint8)
-    slot_of[idx] = slots
-    pen = _penalty(pool, picked, slots, lo, hi, cap, n_v, n_e)
+    pen = _penalty(pool, idx, slots, lo, hi, cap, n_v, n_e, features)
     bound = (least_kind_deviation(lo, hi, avail, n), 0,
-             max(0, n_v - int(pool.novel.sum())), max(0, n_e - int(pool.explore_ok.sum())))
+             max(0, n_v - int(np.count_nonzero(pool.novel))), max(0, n_e - int(np.count_nonzero(pool.explore_ok))))
     exact = False
     if pen != bound and n:
         got = _exact(pool, n, lo, hi, cap, n_v, n_e, cfg.exact_time_limit_s)
         if got is not None:
-            p2 = np.zeros(len(pool), bool)
-            p2[got[0]] = True
-            pen2 = _penalty(pool, p2, got[1], lo, hi, cap, n_v, n_e)
+            pen2 = _penalty(pool, got[0], got[1], lo, hi, cap, n_v, n_e, features)
             if pen2 <= pen:
                 idx, slots, pen, exact = got[0], got[1], pen2, True
     idx, slots = _page_order(pool, idx, slots)
