@@ -96,8 +96,7 @@ def blend_candidates(personal: Candidates | None, cold: Candidates, w: float) ->
     src = np.concatenate([personal.sources, cold.sources])
     anc = np.concatenate([personal.anchors, cold.anchors])
     uniq, inv = np.unique(t, return_inverse=True)
-    total = np.zeros(len(uniq))
-    np.add.at(total, inv, s)
+    total = np.bincount(inv, weights=s, minlength=len(uniq))  # the same sums in the same order as np.add.at
     # the source of a title is the side that contributed more
     order = np.lexsort((-s, inv))
     first = order[np.searchsorted(inv[order], np.arange(len(uniq)))]

@@ -31,7 +31,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from reelrec.compose import reasons as R
 from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.config import ComposeConfig
-from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, Marks, UserProfile, pack_words
+from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, Marks, UserProfile
 from reelrec.compose.mix import (kind_bounds, kind_deviation, kind_quotas, kind_shares,
                                  least_kind_deviation)
 from reelrec.log import get_logger
@@ -102,27 +102,35 @@ def eligible_mask(features: CatalogFeatures, profile: UserProfile, titles: np.nd
 
 def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidates, cfg: ComposeConfig,
                theta_by_cluster: np.ndarray, claimed: np.ndarray | None = None,
-               marks: Marks | None = None) -> Pool:
+               marks: Marks | None = None, order: np.ndarray | None = None) -> Pool:
     """Deduplicate, apply exclusions, and add popular backfill for missing kinds and explore clusters.
 
-    Backfilled titles score below every ranked candidate, in popularity order.
+    Backfilled titles score below every ranked candidate, in popularity order. ``order`` is
+    ``np.argsort(-cands.scores, kind="stable")`` when the caller has it already.
     """
     if marks is None:
         marks = Marks(features, profile)
         if claimed is not None and len(claimed):
             marks.claim(np.asarray(claimed, np.int64))
     n_page = cfg.page_size
-    order = np.argsort(-cands.scores, kind="stable")
+    if order is None:
+        order = np.argsort(-cands.scores, kind="stable")
     t, s = cands.titles[order], cands.scores[order]
     src, anc = cands.sources[order], cands.anchors[order]
-    _, first = np.unique(t, return_index=True)
-    keep = np.sort(first)
-    t, s, src, anc = t[keep], s[keep], src[keep], anc[keep]
+    st = np.sort(t)
+    if len(t) > 1 and not (st[1:] != st[:-1]).all():  # duplicates: keep each title's best
+        _, first = np.unique(t, return_index=True)
+        keep = np.sort(first)
+        t, s, src, anc = t[keep], s[keep], src[keep], anc[keep]
     ok = marks.eligible(t)
     t, s, src, anc = t[ok], s[ok], src[ok], anc[ok]
 
     dom = dominant_genres(profile, cfg)
-    dom_words = pack_words(np.isin(np.arange(features.n_genres), dom)[None, :])[0]
+    bits = 0
+    for g in dom.tolist():
+        bits |= 1 << g
+    dom_words = np.array([(bits >> (64 * w)) & (2**64 - 1) for w in range(max(1, -(-features.n_genres // 64)))],
+                         dtype="<u8")
     extra = []
     shares = kind_shares(profile.kind_affinity, cfg)
     have = np.bincount(features.kind[t], minlength=3)
@@ -133,7 +141,7 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
     if n_e and cfg.explore_pool:
         outside = ~((features.genre_words[t] & dom_words).any(axis=1))
         # enough distinct explore clusters in the ranked pool: no backfill needed
-        if len(np.unique(features.cluster[t[outside]])) < n_e + 2:
+        if np.count_nonzero(np.bincount(features.cluster[t[outside]])) < n_e + 2:
             for c in np.argsort(-theta_by_cluster)[: n_e + 3]:
                 extra.append(features.top_of_cluster(int(c), cfg.explore_pool))
     if extra:
@@ -364,17 +372,18 @@ def item_reasons(features: CatalogFeatures, profile: UserProfile, pool: Pool, id
 def select_top_picks(features: CatalogFeatures, profile: UserProfile, cands: Candidates,
                      cfg: ComposeConfig | None = None, bandit: ThompsonBandit | None = None,
                      rng: np.random.Generator | None = None, claimed: np.ndarray | None = None,
-                     marks: Marks | None = None) -> Selection:
+                     marks: Marks | None = None, order: np.ndarray | None = None) -> Selection:
     """Compose the top ``page_size`` for one user. Never raises on a small or empty pool.
 
     ``profile`` and ``cands`` must be validated (``UserProfile.validated``, ``Candidates.validated``);
-    ``claimed`` titles (Continue watching) are left out; ``marks`` may carry them instead.
+    ``claimed`` titles (Continue watching) are left out; ``marks`` may carry them instead;
+    ``order`` is the candidates' stable score order (``build_pool``) when the caller has it.
     """
     cfg = cfg or ComposeConfig()
     rng = rng if rng is not None else np.random.default_rng()
     n_cl = len(features.cluster_names)
     theta = (bandit.sample(profile.region, rng) if bandit is not None else rng.beta(1.0, 1.0, n_cl))
-    pool = build_pool(features, profile, cands, cfg, theta, claimed, marks)
+    pool = build_pool(features, profile, cands, cfg, theta, claimed, marks, order)
     n = min(cfg.page_size, len(pool))
     shares = kind_shares(profile.kind_affinity, cfg)
     target = shares * n
