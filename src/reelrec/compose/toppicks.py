@@ -231,8 +231,9 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
     if n_e:
         words = pool.gw.shape[1]
         used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
+        open_ = pool.explore_ok.copy()  # explore titles not yet picked (explore slots are filled first)
         for _ in range(min(n_e, n)):
-            a = ~np.asarray(picked) & pool.explore_ok & (np.asarray(kc) < q)[pool.kind]
+            a = open_ & (np.asarray(kc) < q)[pool.kind]
             if full:
                 fw = np.array([(full >> (64 * w)) & (2**64 - 1) for w in range(words)], np.uint64)
                 a &= ~((pool.gw & fw).any(axis=1))
@@ -241,6 +242,7 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
             # a draw per cluster; a used cluster drops below every unused one; ties: the better score
             i = int(np.argmax(np.where(a, pool.theta - 2.0 * used[pool.cluster], -np.inf)))
             used[pool.cluster[i]] = True
+            open_[i] = False
             take(i, EXPLORE)
     if n_v:
         scan(qv, True, pool.novel.tolist(), min(n_v, n - len(order)), NOVEL)
