@@ -19,6 +19,7 @@ ceil(genre_cap * n / page_size) items per genre.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -42,6 +43,7 @@ MODES = ("personal", "cold_start", "fallback")
 MIN_ROW = 4  # a personal row with fewer items is not shown
 
 
+@functools.lru_cache(maxsize=4096)  # a few keys per region, formatted on every page
 def shared_key(shelf_type: int, region: str | None) -> str:
     """Cache key of a shared shelf (the cache adds the model version): ``trending:IN``."""
     return f"{SHARED_NAMES[shelf_type]}:{(region or 'global').upper()}"
