@@ -32,8 +32,7 @@ from reelrec.compose import reasons as R
 from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.config import ComposeConfig
 from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, Marks, UserProfile
-from reelrec.compose.mix import (kind_bounds, kind_deviation, kind_quotas, kind_shares,
-                                 least_kind_deviation)
+from reelrec.compose.mix import kind_bounds, kind_quotas, kind_shares, least_kind_deviation
 from reelrec.log import get_logger
 
 log = get_logger(__name__)
