@@ -35,6 +35,9 @@ class ThompsonBandit:
         self._regions: dict[str, int] = {GLOBAL: 0}
         self._wins = np.zeros((1, len(self.clusters)))
         self._losses = np.zeros((1, len(self.clusters)))
+        # region -> (updates seen, posterior): pages draw from the same posterior until an update
+        self._updates = 0
+        self._draw: dict[str | None, tuple[int, tuple[np.ndarray, np.ndarray]]] = {}
 
     # --- state ----------------------------------------------------------------------------
     def _row(self, region: str | None, create: bool) -> int:
@@ -80,6 +83,7 @@ class ThompsonBandit:
                 self._wins[r, c] += weight
             else:
                 self._losses[r, c] += weight
+        self._updates += 1
 
     def update_many(self, regions: Iterable[str | None], clusters: np.ndarray, engaged: np.ndarray) -> None:
         """Vectorised ``update`` for a batch of explore impressions (the speed layer's micro-batch)."""
@@ -96,12 +100,18 @@ class ThompsonBandit:
         for r, keep in ((rows, regional), (np.zeros_like(rows), np.ones(len(rows), bool))):
             np.add.at(self._wins, (r[keep & engaged], clusters[keep & engaged]), 1.0)
             np.add.at(self._losses, (r[keep & ~engaged], clusters[keep & ~engaged]), 1.0)
+        self._updates += 1
 
     # --- acting ---------------------------------------------------------------------------
     def sample(self, region: str | None, rng: np.random.Generator) -> np.ndarray:
         """One Thompson draw per cluster for ``region``."""
-        a, b = self.posterior(region)
-        return rng.beta(a, b)
+        n = self._updates  # read before the posterior: an update meanwhile makes the entry stale
+        got = self._draw.get(region)
+        if got is None or got[0] != n:
+            if len(self._draw) > 1024:
+                self._draw.clear()
+            got = self._draw[region] = (n, self.posterior(region))
+        return rng.beta(*got[1])
 
     # --- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -116,4 +126,5 @@ class ThompsonBandit:
             i = b._row(r, create=True)
             b._wins[i] = np.asarray(v["wins"], dtype=np.float64)
             b._losses[i] = np.asarray(v["losses"], dtype=np.float64)
+        b._updates += 1
         return b

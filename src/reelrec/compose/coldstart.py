@@ -92,12 +92,12 @@ def blend_candidates(personal: Candidates | None, cold: Candidates, w: float) ->
     if w >= 1:
         return personal
     t = np.concatenate([personal.titles, cold.titles])
-    s = np.concatenate([w * _harmonic(personal.scores), (1 - w) * _harmonic(cold.scores)])
+    hc = getattr(cold, "_harmonic", None)  # set on ColdStartPriors' cached lists
+    s = np.concatenate([w * _harmonic(personal.scores), (1 - w) * (_harmonic(cold.scores) if hc is None else hc)])
     src = np.concatenate([personal.sources, cold.sources])
     anc = np.concatenate([personal.anchors, cold.anchors])
     uniq, inv = np.unique(t, return_inverse=True)
-    total = np.zeros(len(uniq))
-    np.add.at(total, inv, s)
+    total = np.bincount(inv, weights=s, minlength=len(uniq))  # the same sums in the same order as np.add.at
     # the source of a title is the side that contributed more
     order = np.lexsort((-s, inv))
     first = order[np.searchsorted(inv[order], np.arange(len(uniq)))]
@@ -153,6 +153,7 @@ class ColdStartPriors:
         src = np.where(regional[top] & (pr.regional > 0), SOURCE["regional"],
                        np.where(lift > 0, SOURCE["regional"], SOURCE["popular"])).astype(np.uint8)
         got = Candidates(top.astype(np.int64), score[top], src, np.full(k, -1, np.int64))
+        got._harmonic = _harmonic(got.scores)  # the blend's rank weights, once per segment
         self._segments[key] = got
         return got
 
@@ -170,6 +171,7 @@ class ColdStartPriors:
             if len(self._picked) >= 4096:  # picks make many segments: keep the cache bounded
                 self._picked.clear()
             got = self._picked[key] = self._with_picks(seg, profile.region, picks)
+            got._harmonic = _harmonic(got.scores)
         return got
 
     def _with_picks(self, seg: Candidates, region: str | None, picks: list[int]) -> Candidates:

@@ -19,6 +19,7 @@ ceil(genre_cap * n / page_size) items per genre.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -42,6 +43,7 @@ MODES = ("personal", "cold_start", "fallback")
 MIN_ROW = 4  # a personal row with fewer items is not shown
 
 
+@functools.lru_cache(maxsize=4096)  # a few keys per region, formatted on every page
 def shared_key(shelf_type: int, region: str | None) -> str:
     """Cache key of a shared shelf (the cache adds the model version): ``trending:IN``."""
     return f"{SHARED_NAMES[shelf_type]}:{(region or 'global').upper()}"
@@ -149,9 +151,11 @@ def build_shared_shelves(features: CatalogFeatures, region: str | None, *, today
     return {s.key: s for s in out}
 
 
+SHARED_REASONS = {TRENDING: R.TRENDING, TOP10: R.TOP10, NEW: R.NEW_RELEASE, TOP10_GLOBAL: R.TOP10_GLOBAL}
+
+
 def shared_shelf_view(s: SharedShelf) -> Shelf:
-    reason = {TRENDING: R.TRENDING, TOP10: R.TOP10, NEW: R.NEW_RELEASE, TOP10_GLOBAL: R.TOP10_GLOBAL}[s.type]
-    return Shelf(type=s.type, titles=s.titles, reason=reason, key=s.key)
+    return Shelf(type=s.type, titles=s.titles, reason=SHARED_REASONS[s.type], key=s.key)
 
 
 def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Candidates | None = None, *,
@@ -191,13 +195,14 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
     cw = cw[marks.eligible(cw)][: cfg.continue_length] if len(cw) else cw
     marks.claim(cw)
     # 2. top picks
-    sel = select_top_picks(features, eff, candidates, cfg, bandit, rng, marks=marks)
+    order = np.argsort(-candidates.scores, kind="stable")
+    sel = select_top_picks(features, eff, candidates, cfg, bandit, rng, marks=marks, order=order)
     top = Shelf(TOP_PICKS, sel.titles, slots=sel.slots, reasons=sel.reasons, reason_args=sel.reason_args,
                 scores=sel.scores)
     marks.claim(sel.titles)
     L = cfg.shelf_length
     cap = cfg.genre_cap_for(L)
-    ranked = candidates.titles[np.argsort(-candidates.scores, kind="stable")]
+    ranked = candidates.titles[order]
 
     def row(pref: np.ndarray, exempt: int = -1) -> np.ndarray:
         pref = pref[marks.eligible(pref)] if len(pref) else pref
@@ -257,11 +262,12 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
             got = shared.get(s.key)
             if got is not None:
                 s.titles = got.titles
-                s.reason = shared_shelf_view(got).reason
+                s.reason = SHARED_REASONS[got.type]
         shown = np.concatenate([s.titles for s in sh.values()])
         # exclusions only: titles claimed by personal shelves may repeat on shared ones
         bad = ~marks.available[shown] | ((marks.flags[shown] & Marks.EXCLUDED) != 0) if len(shown) else []
-        hidden = np.unique(shown[bad]) if len(shown) else hidden
+        if len(shown):  # sorted and distinct, as np.unique (a set is cheaper on a few dozen titles)
+            hidden = np.asarray(sorted(set(shown[bad].tolist())), dtype=shown.dtype)
     shelves = [top]
     if len(cw):
         shelves.append(Shelf(CONTINUE, cw, reason=R.CONTINUE))

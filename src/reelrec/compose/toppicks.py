@@ -31,15 +31,17 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from reelrec.compose import reasons as R
 from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.config import ComposeConfig
-from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, Marks, UserProfile, pack_words
-from reelrec.compose.mix import (kind_bounds, kind_deviation, kind_quotas, kind_shares,
-                                 least_kind_deviation)
+from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, Marks, UserProfile
+from reelrec.compose.mix import kind_bounds, kind_quotas, kind_shares, least_kind_deviation
 from reelrec.log import get_logger
 
 log = get_logger(__name__)
 
 EXPLOIT, EXPLORE, NOVEL = 0, 1, 2
 SLOT_KINDS: tuple[str, ...] = ("exploit", "explore", "novel")
+_COVISIT, _ONBOARDING = SOURCE["covisit"], SOURCE["onboarding"]
+_SOURCE_REASON = {SOURCE["trending"]: R.TRENDING, SOURCE["new"]: R.NEW_RELEASE, SOURCE["popular"]: R.POPULAR,
+                  SOURCE["regional"]: R.PRIOR}
 
 
 @dataclass
@@ -99,27 +101,35 @@ def eligible_mask(features: CatalogFeatures, profile: UserProfile, titles: np.nd
 
 def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidates, cfg: ComposeConfig,
                theta_by_cluster: np.ndarray, claimed: np.ndarray | None = None,
-               marks: Marks | None = None) -> Pool:
+               marks: Marks | None = None, order: np.ndarray | None = None) -> Pool:
     """Deduplicate, apply exclusions, and add popular backfill for missing kinds and explore clusters.
 
-    Backfilled titles score below every ranked candidate, in popularity order.
+    Backfilled titles score below every ranked candidate, in popularity order. ``order`` is
+    ``np.argsort(-cands.scores, kind="stable")`` when the caller has it already.
     """
     if marks is None:
         marks = Marks(features, profile)
         if claimed is not None and len(claimed):
             marks.claim(np.asarray(claimed, np.int64))
     n_page = cfg.page_size
-    order = np.argsort(-cands.scores, kind="stable")
+    if order is None:
+        order = np.argsort(-cands.scores, kind="stable")
     t, s = cands.titles[order], cands.scores[order]
     src, anc = cands.sources[order], cands.anchors[order]
-    _, first = np.unique(t, return_index=True)
-    keep = np.sort(first)
-    t, s, src, anc = t[keep], s[keep], src[keep], anc[keep]
+    st = np.sort(t)
+    if len(t) > 1 and not (st[1:] != st[:-1]).all():  # duplicates: keep each title's best
+        _, first = np.unique(t, return_index=True)
+        keep = np.sort(first)
+        t, s, src, anc = t[keep], s[keep], src[keep], anc[keep]
     ok = marks.eligible(t)
     t, s, src, anc = t[ok], s[ok], src[ok], anc[ok]
 
     dom = dominant_genres(profile, cfg)
-    dom_words = pack_words(np.isin(np.arange(features.n_genres), dom)[None, :])[0]
+    bits = 0
+    for g in dom.tolist():
+        bits |= 1 << g
+    dom_words = np.array([(bits >> (64 * w)) & (2**64 - 1) for w in range(max(1, -(-features.n_genres // 64)))],
+                         dtype="<u8")
     extra = []
     shares = kind_shares(profile.kind_affinity, cfg)
     have = np.bincount(features.kind[t], minlength=3)
@@ -130,7 +140,7 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
     if n_e and cfg.explore_pool:
         outside = ~((features.genre_words[t] & dom_words).any(axis=1))
         # enough distinct explore clusters in the ranked pool: no backfill needed
-        if len(np.unique(features.cluster[t[outside]])) < n_e + 2:
+        if np.count_nonzero(np.bincount(features.cluster[t[outside]])) < n_e + 2:
             for c in np.argsort(-theta_by_cluster)[: n_e + 3]:
                 extra.append(features.top_of_cluster(int(c), cfg.explore_pool))
     if extra:
@@ -152,12 +162,23 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
                 explore_ok=~((gw & dom_words).any(axis=1)), theta=theta_by_cluster[cl], cluster=cl)
 
 
-def _penalty(pool: Pool, picked: np.ndarray, slots: np.ndarray, lo, hi, cap: int, n_v: int,
-             n_e: int) -> tuple[int, int, int, int]:
-    counts = np.bincount(pool.kind[picked], minlength=3)
-    genre = pool.mh[picked].sum(axis=0)
-    return (kind_deviation(counts, lo, hi), int(np.maximum(0, genre - cap).sum()),
-            max(0, n_v - int((slots == NOVEL).sum())), max(0, n_e - int((slots == EXPLORE).sum())))
+def _penalty(pool: Pool, idx: np.ndarray, slots: np.ndarray, lo, hi, cap: int, n_v: int,
+             n_e: int, features: CatalogFeatures) -> tuple[int, int, int, int]:
+    """Shortfall of a page (pool indices ``idx``, slot kinds ``slots``) on rules 3-6; the page has
+    at most ``page_size`` items, so plain Python counts beat numpy steps here."""
+    counts = [0, 0, 0]
+    for k in pool.kind[idx].tolist():
+        counts[k] += 1
+    per_genre: dict[int, int] = {}
+    gs = features.genre_sets
+    for t in pool.t[idx].tolist():
+        for g in gs[t]:
+            per_genre[g] = per_genre.get(g, 0) + 1
+    lo, hi = lo.tolist(), hi.tolist()
+    kind = sum(max(0, lo[k] - counts[k]) + max(0, counts[k] - hi[k]) for k in range(3))
+    sl = slots.tolist()
+    return (kind, sum(max(0, c - cap) for c in per_genre.values()),
+            max(0, n_v - sl.count(NOVEL)), max(0, n_e - sl.count(EXPLORE)))
 
 
 def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np.ndarray, cap: int,
@@ -171,7 +192,7 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
     size = len(pool)
     ts, kinds = pool.t.tolist(), pool.kind.tolist()
     gbits, tg = features.genre_bits, features.title_genres
-    picked = np.zeros(size, bool)
+    picked = [False] * size  # a list: the scans below test it per item
     kc = [0, 0, 0]
     gc: dict[int, int] = {}
     full = 0  # bit g set once genre g reached the cap
@@ -209,8 +230,9 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
     if n_e:
         words = pool.gw.shape[1]
         used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
+        open_ = pool.explore_ok.copy()  # explore titles not yet picked (explore slots are filled first)
         for _ in range(min(n_e, n)):
-            a = ~picked & pool.explore_ok & (np.asarray(kc) < q)[pool.kind]
+            a = open_ & (np.asarray(kc) < q)[pool.kind]
             if full:
                 fw = np.array([(full >> (64 * w)) & (2**64 - 1) for w in range(words)], np.uint64)
                 a &= ~((pool.gw & fw).any(axis=1))
@@ -219,6 +241,7 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
             # a draw per cluster; a used cluster drops below every unused one; ties: the better score
             i = int(np.argmax(np.where(a, pool.theta - 2.0 * used[pool.cluster], -np.inf)))
             used[pool.cluster[i]] = True
+            open_[i] = False
             take(i, EXPLORE)
     if n_v:
         scan(qv, True, pool.novel.tolist(), min(n_v, n - len(order)), NOVEL)
@@ -294,72 +317,74 @@ def _page_order(pool: Pool, idx: np.ndarray, slots: np.ndarray) -> tuple[np.ndar
     with three), seen but not leading. docs/evaluation.md measures what each choice costs.
     """
     n = len(idx)
-    explore = idx[slots == EXPLORE][np.argsort(-pool.theta[idx[slots == EXPLORE]], kind="stable")]
-    keep = slots != EXPLORE
-    order = np.argsort(idx[keep], kind="stable")  # the pool is sorted by score: index order is score order
-    out = np.full(n, -1, np.int64)
-    out_slots = np.zeros(n, np.uint8)
-    taken = np.zeros(n, bool)
+    il, sl = idx.tolist(), slots.tolist()
+    explore = [i for i, k in zip(il, sl) if k == EXPLORE]
+    th = pool.theta[explore].tolist()
+    explore = [explore[j] for j in sorted(range(len(explore)), key=lambda j: -th[j])]  # stable
+    rest = sorted((i, k) for i, k in zip(il, sl) if k != EXPLORE)  # the pool is sorted by score
+    out = [-1] * n
+    out_slots = [0] * n
+    taken = [False] * n
     for j, i in enumerate(explore):  # a handful of explore slots per page
         p = int(round((j + 1) * n / (len(explore) + 1))) % n
         while taken[p]:
             p = (p + 1) % n
-        out[p], out_slots[p], taken[p] = int(i), EXPLORE, True
-    out[~taken], out_slots[~taken] = idx[keep][order], slots[keep][order]
-    return out, out_slots
+        out[p], out_slots[p], taken[p] = i, EXPLORE, True
+    free = (p for p in range(n) if not taken[p])
+    for (i, k), p in zip(rest, free):
+        out[p], out_slots[p] = i, k
+    return np.asarray(out, np.int64), np.asarray(out_slots, np.uint8)
 
 
 def item_reasons(features: CatalogFeatures, profile: UserProfile, pool: Pool, idx: np.ndarray,
                  slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A reason code and argument per picked item, from its slot kind and source."""
-    t = pool.t[idx]
-    first = features.first_genre[t]
-    mh = pool.mh[idx]
-    if mh.shape[1] and profile.genre_affinity is not None:
-        aff = np.where(mh, profile.genre_affinity[None, :], -np.inf)
-        best = aff.argmax(axis=1)
-        liked = np.where(aff[np.arange(len(t)), best] > 0, best, -1)
-    else:
-        liked = np.full(len(t), -1, np.int64)
-    picks = [g for g in (features.genre_index(x) for x in profile.onboarding_genres) if g >= 0]
-    picked_genre = first
-    if picks and len(t):
-        om = np.zeros_like(mh)
-        om[:, picks] = mh[:, picks]
-        picked_genre = np.where(om.any(axis=1), om.argmax(axis=1), first)
-    src, anc = pool.src[idx], pool.anchor[idx]
-    code = np.full(len(t), R.AFFINITY, np.uint8)
-    arg = liked.astype(np.int64)
-    rules = [
-        (src == SOURCE["trending"], R.TRENDING, -1),
-        (src == SOURCE["new"], R.NEW_RELEASE, -1),
-        (src == SOURCE["popular"], R.POPULAR, -1),
-        (src == SOURCE["regional"], R.PRIOR, -1),
-        (src == SOURCE["onboarding"], R.ONBOARDING, picked_genre),
-        ((src == SOURCE["covisit"]) & (anc >= 0), R.BECAUSE, anc),
-        (slots == NOVEL, R.NOVEL, first),
-        (slots == EXPLORE, R.EXPLORE, first),
-    ]
-    for mask, c, a in rules:  # later rules win: the slot kind explains more than the source
-        code[mask] = c
-        arg[mask] = (a[mask] if isinstance(a, np.ndarray) else a)
-    return code, arg
+    """A reason code and argument per picked item, from its slot kind and source.
+
+    The slot kind explains more than the source: explore and novel items name their first genre,
+    co-visitation items their anchor, onboarding items the picked genre they have (else their
+    first), the other sources their shelf-like reason; the rest the title's genre the user likes
+    most (the lowest such genre on ties; no argument unless that affinity is positive).
+    """
+    ts = pool.t[idx].tolist()
+    first = features.first_genre[pool.t[idx]].tolist()
+    srcs, ancs, sl = pool.src[idx].tolist(), pool.anchor[idx].tolist(), slots.tolist()
+    gs = features.genre_sets
+    ga = profile.genre_affinity.tolist() if features.n_genres and profile.genre_affinity is not None else None
+    picks = {g for g in (features.genre_index(x) for x in profile.onboarding_genres) if g >= 0}
+    code = [R.AFFINITY] * len(ts)
+    arg = [-1] * len(ts)
+    for j, t in enumerate(ts):
+        slot, src = sl[j], srcs[j]
+        if slot == EXPLORE or slot == NOVEL:
+            code[j], arg[j] = (R.EXPLORE if slot == EXPLORE else R.NOVEL), first[j]
+        elif src == _COVISIT and ancs[j] >= 0:
+            code[j], arg[j] = R.BECAUSE, ancs[j]
+        elif src == _ONBOARDING:
+            code[j], arg[j] = R.ONBOARDING, next((g for g in gs[t] if g in picks), first[j])
+        elif src in _SOURCE_REASON:
+            code[j] = _SOURCE_REASON[src]
+        elif ga is not None and gs[t]:
+            best = max(gs[t], key=ga.__getitem__)  # the first of equal maxima, as argmax
+            if ga[best] > 0:
+                arg[j] = best
+    return np.asarray(code, np.uint8), np.asarray(arg, np.int64)
 
 
 def select_top_picks(features: CatalogFeatures, profile: UserProfile, cands: Candidates,
                      cfg: ComposeConfig | None = None, bandit: ThompsonBandit | None = None,
                      rng: np.random.Generator | None = None, claimed: np.ndarray | None = None,
-                     marks: Marks | None = None) -> Selection:
+                     marks: Marks | None = None, order: np.ndarray | None = None) -> Selection:
     """Compose the top ``page_size`` for one user. Never raises on a small or empty pool.
 
     ``profile`` and ``cands`` must be validated (``UserProfile.validated``, ``Candidates.validated``);
-    ``claimed`` titles (Continue watching) are left out; ``marks`` may carry them instead.
+    ``claimed`` titles (Continue watching) are left out; ``marks`` may carry them instead;
+    ``order`` is the candidates' stable score order (``build_pool``) when the caller has it.
     """
     cfg = cfg or ComposeConfig()
     rng = rng if rng is not None else np.random.default_rng()
     n_cl = len(features.cluster_names)
     theta = (bandit.sample(profile.region, rng) if bandit is not None else rng.beta(1.0, 1.0, n_cl))
-    pool = build_pool(features, profile, cands, cfg, theta, claimed, marks)
+    pool = build_pool(features, profile, cands, cfg, theta, claimed, marks, order)
     n = min(cfg.page_size, len(pool))
     shares = kind_shares(profile.kind_affinity, cfg)
     target = shares * n
@@ -369,20 +394,14 @@ def select_top_picks(features: CatalogFeatures, profile: UserProfile, cands: Can
     cap = cfg.genre_cap_for(n) if n < cfg.page_size else cfg.genre_cap
     n_e, n_v = cfg.explore_slots(n), cfg.novel_slots_for(n)
     idx, slots = _greedy(pool, features, n, q, hi, cap, n_v, n_e)
-    picked = np.zeros(len(pool), bool)
-    picked[idx] = True
-    slot_of = np.zeros(len(pool), np.uint8)
-    slot_of[idx] = slots
-    pen = _penalty(pool, picked, slots, lo, hi, cap, n_v, n_e)
+    pen = _penalty(pool, idx, slots, lo, hi, cap, n_v, n_e, features)
     bound = (least_kind_deviation(lo, hi, avail, n), 0,
-             max(0, n_v - int(pool.novel.sum())), max(0, n_e - int(pool.explore_ok.sum())))
+             max(0, n_v - int(np.count_nonzero(pool.novel))), max(0, n_e - int(np.count_nonzero(pool.explore_ok))))
     exact = False
     if pen != bound and n:
         got = _exact(pool, n, lo, hi, cap, n_v, n_e, cfg.exact_time_limit_s)
         if got is not None:
-            p2 = np.zeros(len(pool), bool)
-            p2[got[0]] = True
-            pen2 = _penalty(pool, p2, got[1], lo, hi, cap, n_v, n_e)
+            pen2 = _penalty(pool, got[0], got[1], lo, hi, cap, n_v, n_e, features)
             if pen2 <= pen:
                 idx, slots, pen, exact = got[0], got[1], pen2, True
     idx, slots = _page_order(pool, idx, slots)
