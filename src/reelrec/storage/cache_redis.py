@@ -87,55 +87,52 @@ class RedisCache(HomepageCache):
                     n = 0
             pipe.execute()
 
-    def get_many(self, keys, *, version=None):
-        keys = list(keys)
+    def _reads(self, keys: list[str], version: str | None):
+        """The commands of one read, for both clients: yields ``("get", key)`` or ``("mget",
+        keys)``, is sent each reply, and returns the ``CacheRead``. Without a version the pointer
+        rides in the same MGET as the pages (one command, one trip); only right after a switch
+        is the read repeated under the new version."""
         if version is not None:
             v = _check_version(version)
-            if not keys:
-                return CacheRead(v, [])
-            with translated("MGET", self.url):
-                return CacheRead(v, self._mget([self._k(v, k) for k in keys]))
+            return CacheRead(v, (yield "mget", [self._k(v, k) for k in keys]) if keys else [])
+        for _ in range(3):
+            seen = self._seen_version
+            if seen is None:
+                res = [(yield "get", self._cur)]
+            else:
+                res = yield "mget", [self._cur] + [self._k(seen, k) for k in keys]
+            cur = None if res[0] is None else res[0].decode()
+            if cur is None:
+                return CacheRead(None, [None] * len(keys))
+            if cur == seen:
+                return CacheRead(cur, res[1:])
+            self._seen_version = cur  # the pointer moved: read again under the new version
+        return CacheRead(cur, (yield "mget", [self._k(cur, k) for k in keys]) if keys else [])
+
+    def get_many(self, keys, *, version=None):
+        reads = self._reads(list(keys), version)
+        call = {"get": self._r.get, "mget": self._mget}
         with translated("MGET", self.url):
-            for _ in range(3):
-                seen = self._seen_version
-                if seen is None:
-                    res = [self._r.get(self._cur)]
-                else:
-                    # The pointer rides in the same MGET as the pages: one command, one trip.
-                    res = self._mget([self._cur] + [self._k(seen, k) for k in keys])
-                cur = None if res[0] is None else res[0].decode()
-                if cur is None:
-                    return CacheRead(None, [None] * len(keys))
-                if cur == seen:
-                    return CacheRead(cur, res[1:])
-                self._seen_version = cur  # the pointer moved: read again under the new version
-            return CacheRead(cur, self._mget([self._k(cur, k) for k in keys]) if keys else [])
+            try:
+                command = next(reads)
+                while True:
+                    command = reads.send(call[command[0]](command[1]))
+            except StopIteration as done:
+                return done.value
 
     async def aget_many(self, keys, *, version=None):
-        """``get_many`` on redis-py's asyncio client (one per event loop): the same single
-        ``MGET`` with the pointer, without a worker thread per read."""
-        keys = list(keys)
+        """``get_many`` on redis-py's asyncio client (one per event loop): the same commands,
+        without a worker thread per read."""
+        reads = self._reads(list(keys), version)
         r = self._async_client()
-        if version is not None:
-            v = _check_version(version)
-            if not keys:
-                return CacheRead(v, [])
-            with translated("MGET", self.url):
-                return CacheRead(v, await r.mget([self._k(v, k) for k in keys]))
+        call = {"get": r.get, "mget": r.mget}
         with translated("MGET", self.url):
-            for _ in range(3):
-                seen = self._seen_version
-                if seen is None:
-                    res = [await r.get(self._cur)]
-                else:
-                    res = await r.mget([self._cur] + [self._k(seen, k) for k in keys])
-                cur = None if res[0] is None else res[0].decode()
-                if cur is None:
-                    return CacheRead(None, [None] * len(keys))
-                if cur == seen:
-                    return CacheRead(cur, res[1:])
-                self._seen_version = cur
-            return CacheRead(cur, await r.mget([self._k(cur, k) for k in keys]) if keys else [])
+            try:
+                command = next(reads)
+                while True:
+                    command = reads.send(await call[command[0]](command[1]))
+            except StopIteration as done:
+                return done.value
 
     def _async_client(self):
         """The asyncio client of the running loop (its connections belong to that loop)."""
