@@ -212,6 +212,7 @@ class Pipeline:
                  user_ids: np.ndarray | None = None):
         self.art, self.ranker, self.cfg = art, ranker, cfg
         self.users, self.user_ids = users, user_ids
+        self._trained: tuple[object, list[str]] | None = None  # (ranker, its feature names)
 
     # stage 1
     def candidates(self, state: UserState) -> tuple[Candidates, dict[str, np.ndarray]]:
@@ -233,7 +234,7 @@ class Pipeline:
         if self.ranker is None:
             return x
         have = feature_names(sources, self.cfg.context_features)
-        if getattr(self, "_trained", (None,))[0] is not self.ranker:  # the ranker can be refit
+        if self._trained is None or self._trained[0] is not self.ranker:  # the ranker can be refit
             self._trained = (self.ranker, self.ranker.feature_name())
         want = self._trained[1]
         if want == have:
