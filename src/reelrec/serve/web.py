@@ -33,7 +33,10 @@ from reelrec.errors import InvalidInput, NotFound
 from reelrec.serve.api import ErrorResponse, scoped
 
 WEB_DIR = Path(__file__).with_name("web")
-PAGES = {"/": "home.html", "/onboarding": "onboarding.html", "/dashboard": "dashboard.html"}
+# path -> (the page's <main> content, its <title> words, its script, its name in the navigation)
+PAGES = {"/": ("home.html", "homepage preview", "home", "Homepage preview"),
+         "/onboarding": ("onboarding.html", "onboarding", "onboarding", "Onboarding"),
+         "/dashboard": ("dashboard.html", "operator dashboard", "dashboard", "Dashboard")}
 REPORT_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,100}\.(png|svg|md|json)$")
 HOMEPAGE_ROUTE = re.compile(r"/homepage$")
 
@@ -49,18 +52,28 @@ def install_web(app: FastAPI) -> None:
 
 # --- pages ------------------------------------------------------------------------------------
 @lru_cache(maxsize=None)
-def _page_html(name: str) -> str:
-    return (WEB_DIR / "pages" / name).read_text(encoding="utf-8")
+def _page_html(path: str) -> str:
+    """A page: the shared frame (pages/_layout.html: head, header, navigation with this page
+    marked current, the page's script) around the page's own <main> content."""
+    name, title, script, _ = PAGES[path]
+    current = ' aria-current="page"'
+    nav = "\n".join(f'    <a href="{p}"{current if p == path else ""}>{label}</a>'
+                    for p, (_, _, _, label) in PAGES.items())
+    frame = (WEB_DIR / "pages" / "_layout.html").read_text(encoding="utf-8")
+    main = (WEB_DIR / "pages" / name).read_text(encoding="utf-8")
+    # replace, not format: the content may hold braces
+    return (frame.replace("{title}", title).replace("{nav}", nav).replace("{script}", script)
+            .replace("{main}", main))
 
 
-def _page_route(path: str, name: str) -> None:
+def _page_route(path: str) -> None:
     @router.get(path, include_in_schema=False, response_class=HTMLResponse)
     def page() -> HTMLResponse:
-        return HTMLResponse(_page_html(name), headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(_page_html(path), headers={"Cache-Control": "no-cache"})
 
 
-for _path, _name in PAGES.items():
-    _page_route(_path, _name)
+for _path in PAGES:
+    _page_route(_path)
 
 
 @router.get("/favicon.ico", include_in_schema=False)
