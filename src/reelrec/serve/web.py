@@ -54,13 +54,16 @@ def install_web(app: FastAPI) -> None:
 @lru_cache(maxsize=None)
 def _page_html(path: str) -> str:
     """A page: the shared frame (pages/_layout.html: head, header, navigation with this page
-    marked current, the page's script) around the page's own <main> content."""
+    marked current, the page's script) around the page's own <main> content, whose
+    ``{context}`` is the shared context fields (pages/_context.html)."""
     name, title, script, _ = PAGES[path]
     current = ' aria-current="page"'
     nav = "\n".join(f'    <a href="{p}"{current if p == path else ""}>{label}</a>'
                     for p, (_, _, _, label) in PAGES.items())
     frame = (WEB_DIR / "pages" / "_layout.html").read_text(encoding="utf-8")
-    main = (WEB_DIR / "pages" / name).read_text(encoding="utf-8")
+    # the device / hour / region fields the homepage preview and onboarding both offer
+    context = (WEB_DIR / "pages" / "_context.html").read_text(encoding="utf-8").removesuffix("\n")
+    main = (WEB_DIR / "pages" / name).read_text(encoding="utf-8").replace("{context}", context)
     # replace, not format: the content may hold braces
     return (frame.replace("{title}", title).replace("{nav}", nav).replace("{script}", script)
             .replace("{main}", main))
