@@ -111,8 +111,9 @@ class RedisCache(HomepageCache):
 
     def get_many(self, keys, *, version=None):
         reads = self._reads(list(keys), version)
-        call = {"get": self._r.get, "mget": self._mget}
         with translated("MGET", self.url):
+            # inside: a cluster client is built (and discovers its nodes) on first use
+            call = {"get": self._r.get, "mget": self._mget}
             try:
                 command = next(reads)
                 while True:
@@ -124,9 +125,9 @@ class RedisCache(HomepageCache):
         """``get_many`` on redis-py's asyncio client (one per event loop): the same commands,
         without a worker thread per read."""
         reads = self._reads(list(keys), version)
-        r = self._async_client()
-        call = {"get": r.get, "mget": r.mget}
         with translated("MGET", self.url):
+            r = self._async_client()
+            call = {"get": r.get, "mget": r.mget}
             try:
                 command = next(reads)
                 while True:
