@@ -1,5 +1,7 @@
 import datetime as dt
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -308,3 +310,24 @@ def test_ids_that_look_like_missing_values_are_kept(tmp_path):
     assert import_interactions(f, s, user_col="u", item_col="i").events == 2
     assert sorted(Catalog.load(s.data_dir).ids) == ["N/A", "null"]
     assert sorted(load_users(s.data_dir).column("user_id").to_pylist()) == ["NA", "NaN"]
+
+
+def test_cli_missing_column_exits_with_the_error_not_an_abort(tmp_path):
+    # The header used to be read with pyarrow's streaming CSV reader, whose read-ahead outlives
+    # close(): a process exiting right after the error sometimes aborted ("terminate called
+    # without an active exception", exit status 134) instead of exiting 2 with the message.
+    f = write(tmp_path, "f.csv", "uid,iid\n1,a\n")
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-m", "reelrec.cli", "import", "interactions", str(f),
+                            "--user-col", "user", "--item-col", "iid", "--data", str(tmp_path / "d")],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert "f.csv:user: no such column; the file has 'uid', 'iid'" in r.stderr
+        assert "terminate called" not in r.stderr
+
+
+def test_header_with_byte_order_mark_and_quotes(tmp_path):
+    f = tmp_path / "f.csv"
+    f.write_bytes('\ufeff"user id",item\n"a",x\n'.encode())
+    summary = import_interactions(f, settings(tmp_path), user_col="user id", item_col="item")
+    assert summary.events == 1

@@ -8,6 +8,8 @@ Every error names ``<file>:<column>`` (or ``<file>`` for a row that does not par
 
 from __future__ import annotations
 
+import csv
+import itertools
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -135,7 +137,7 @@ def read_delimited(path: Path, *, delimiter: str, column_names: Sequence[str] | 
     popts = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False,
                                ignore_empty_lines=False, invalid_row_handler=on_invalid)
     if header:
-        names = _header(path, ropts, popts)
+        names = _header(path, encoding=encoding, delimiter=delimiter, quoting=quoting)
         if include:
             missing = [c for c in include if c not in names]
             if missing:
@@ -161,15 +163,27 @@ def read_delimited(path: Path, *, delimiter: str, column_names: Sequence[str] | 
     return Delimited(path, table, 2 if header else 1)
 
 
-def _header(path: Path, ropts: pacsv.ReadOptions, popts: pacsv.ParseOptions) -> list[str]:
+def _header(path: Path, *, encoding: str, delimiter: str, quoting: bool) -> list[str]:
+    """The names on the first line, read with the csv module.
+
+    Not with ``pyarrow.csv.open_csv``: its read-ahead keeps running after ``close()``, and a
+    process that exits right after it (a CLI reporting a missing column) aborts with
+    "terminate called without an active exception".
+    """
     try:
-        reader = pacsv.open_csv(path, read_options=ropts, parse_options=popts,
-                                convert_options=pacsv.ConvertOptions(include_columns=[]))
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        with open(path, encoding=encoding, newline="") as f:
+            lines = iter(f)
+            # a UTF-8 byte order mark is not part of the first name (Arrow skips it too)
+            first = next(lines, "").removeprefix("\ufeff")
+            row = next(csv.reader(itertools.chain([first], lines), delimiter=delimiter,
+                                  quotechar='"' if quoting else None,
+                                  quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE), None)
+    except (UnicodeDecodeError, LookupError, csv.Error) as exc:
         raise InvalidInput(FieldError(path.name, f"cannot be read: {exc}")) from None
-    names = list(reader.schema.names)
-    reader.close()
-    return names
+    if not row:
+        raise InvalidInput(FieldError(path.name, "cannot be read: the first line holds no column names",
+                                      line=1))
+    return row
 
 
 def parse_times(col: pa.ChunkedArray | pa.Array,
