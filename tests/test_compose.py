@@ -443,6 +443,21 @@ def test_affinities_sum_positive_weights_by_kind_and_genre():
     assert dict(zip(f.genre_names, genre[0])) == {"crime": 3.0, "drama": 2.0, "nature": 0.0}
 
 
+def test_a_genre_named_twice_counts_once():
+    # a title validated with "Drama" and "drama" holds drama once; a table written without
+    # validation (an import) keeps the repeat, and the features must still count it once
+    assert Title("a", "A", "movie", ["Drama", "drama", "crime"]).validate().genres == ["drama", "crime"]
+    import pyarrow as pa
+    from reelrec.domain.catalog import TITLE_SCHEMA
+    rows = [Title("a", "A", "movie", ["crime"]).validate().__dict__,
+            Title("b", "B", "movie", ["drama"]).validate().__dict__]
+    rows[1]["genres"] = ["drama", "drama", "crime"]
+    f = CatalogFeatures.from_catalog(Catalog(pa.Table.from_pylist(rows, schema=TITLE_SCHEMA)))
+    crime, drama = f.genre_names.index("crime"), f.genre_names.index("drama")
+    assert f.title_genres[1] == (drama, crime)
+    assert f.genre_bits[1] == (1 << drama) | (1 << crime)
+
+
 def test_page_order_places_novel_items_by_score_and_spreads_explore_items():
     """Exploit and novel items keep the ranker's order; explore items sit at 6, 11 and 16 of 20.
     Without impressions every title is novel, so the page must still lead with the best title."""

@@ -125,7 +125,8 @@ class CatalogFeatures:
         mh = np.zeros((n, len(genre_names)), dtype=bool)
         mh[parent, gidx] = True
         bounds = np.searchsorted(parent, np.arange(n + 1))
-        title_genres = [tuple(gidx[bounds[i]:bounds[i + 1]].tolist()) for i in range(n)]
+        # a genre listed twice in one title (an imported table) counts once
+        title_genres = [tuple(dict.fromkeys(gidx[bounds[i]:bounds[i + 1]].tolist())) for i in range(n)]
 
         genre_clusters = {k.lower(): v for k, v in (genre_clusters or {}).items()}
         cl_of_genre = [genre_clusters.get(g, g) for g in genre_names]

@@ -86,7 +86,7 @@ class Title:
             errs.append(FieldError("episodes", "must be positive"))
         if errs:
             raise InvalidInput(errs)
-        self.genres = [g.lower() for g in self.genres]
+        self.genres = list(dict.fromkeys(g.lower() for g in self.genres))  # a genre counts once
         self.regions = [r.upper() for r in self.regions]
         return self
 
