@@ -6,20 +6,15 @@ thread, and Debian's Chromium under Playwright. Used by the browser tests and by
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from typing import Iterator
 
+from reelrec.ports import free_port
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
