@@ -67,6 +67,18 @@ def test_cli_writes_json_and_report(tiny, tmp_path):
     for f in ("report.md", "metrics_at_k.png", "accuracy_vs_diversity.png"):
         assert (rep / f).stat().st_size > 0
     assert "| ease |" in (rep / "report.md").read_text()
+    # the ranker against each baseline, paired over the same test users, once per seed
+    paired = doc["paired"]["ndcg@5"]
+    assert set(paired) == {"reelrec-ranker vs popularity", "reelrec-ranker vs ease",
+                           "reelrec-ranker vs covisit"}
+    for pair, rows in paired.items():
+        assert [r["seed"] for r in rows] == [42, 43]
+        for r in rows:
+            assert r["ci95"][0] <= r["rel"] <= r["ci95"][1] and 0.0 <= r["p_not_better"] <= 1.0
+    runs = doc["models"]
+    assert np.mean([r["a"] for r in paired["reelrec-ranker vs ease"]]) == pytest.approx(
+        runs["reelrec-ranker"]["ndcg@5"], abs=1e-5)
+    assert "| reelrec-ranker vs ease | 42 |" in (rep / "report.md").read_text()
 
 
 def test_temporal_protocol_and_split_facts(tiny):

@@ -115,3 +115,25 @@ def test_matches_reference(data):
     got = M.accuracy(np.array(rec_lists), rel_matrix(rel_sets, n_titles), k)
     for key, value in ref.items():
         assert got[f"{key}@{k}"] == pytest.approx(value, abs=1e-9), key
+
+
+def test_paired_bootstrap_sees_a_shift_that_separate_intervals_hide():
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0.0, 1.0, 60)          # users differ a lot ...
+    a = np.clip(b + 0.02, 0.0, 1.0)        # ... and A is a little better on every one of them
+    ia, ib = M.bootstrap_ci(a, seed=1), M.bootstrap_ci(b, seed=1)
+    assert ia[0] < ib[1]                   # the per-model intervals overlap
+    r = M.paired_bootstrap(a, b, seed=1)
+    assert r["p_not_better"] == 0.0 and r["ci95"][0] > 0.0
+    assert r["rel"] == pytest.approx(a.mean() / b.mean() - 1)
+    assert r["users"] == 60
+
+
+def test_paired_bootstrap_of_equal_models_straddles_zero():
+    rng = np.random.default_rng(3)
+    a, b = rng.uniform(0, 1, 400), rng.uniform(0, 1, 400)
+    b = b - b.mean() + a.mean()            # same mean, independent per user
+    r = M.paired_bootstrap(a, b, seed=2)
+    assert r["ci95"][0] < 0.0 < r["ci95"][1] and 0.3 < r["p_not_better"] < 0.7
+    with pytest.raises(ValueError, match="same users"):
+        M.paired_bootstrap(a, b[:-1])

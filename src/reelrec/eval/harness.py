@@ -51,9 +51,11 @@ def _as_recs(recs: object, n_users: int, n: int) -> np.ndarray:
 
 def score_lists(recs: np.ndarray, split: Split, k: int, genres: sp.csr_matrix,
                 truth: sp.csr_matrix | None = None, candidates: np.ndarray | None = None
-                ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, list[float]]]:
+                ) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, list[float]],
+                           np.ndarray]:
     """Every metric of one model on one split; 95 % bootstrap intervals (over test users) of
-    NDCG, precision and recall; and the metric@K curves."""
+    NDCG, precision and recall; the metric@K curves; and each test user's NDCG@k (for the paired
+    comparisons)."""
     x = binary(split.train.matrix.positives)
     pop = np.asarray(x.sum(axis=0)).ravel()
     per = M.per_user(recs[:, :k], split.relevant, k)
@@ -75,7 +77,17 @@ def score_lists(recs: np.ndarray, split: Split, k: int, genres: sp.csr_matrix,
             out[f"true_precision@{k}"] = acc[f"precision@{k}"]
             out[f"true_recall@{k}"] = acc[f"recall@{k}"]
             out[f"true_ndcg@{k}"] = acc[f"ndcg@{k}"]
-    return out, ci, M.curves(recs[:, :CURVE_MAX_K], split.relevant, range(1, CURVE_MAX_K + 1))
+    curve = M.curves(recs[:, :CURVE_MAX_K], split.relevant, range(1, CURVE_MAX_K + 1))
+    return out, ci, curve, per["ndcg"]
+
+
+def comparison_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(reelrec model, other model): every reelrec model against every baseline, the comparisons
+    the quality bars are stated in, and each pair of reelrec models once (an ablation, or the
+    homepage against the ranker)."""
+    ours = [n for n in names if n.startswith("reelrec-")]
+    return [(a, b) for i, a in enumerate(ours) for b in names
+            if b not in ours or ours.index(b) > i]
 
 
 def _jsonable(obj: object) -> object:
@@ -148,6 +160,7 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
     cis: dict[str, list[dict]] = {m: [] for m in models}
     unavailable: dict[str, str] = {}
     notes: dict[str, list[str]] = {}
+    paired: dict[str, list[dict]] = {}
     splits_info = []
     for seed in seed_list:
         t = time.perf_counter()
@@ -163,6 +176,7 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
         say(f"seed {seed}: {protocol} split: {info['train_interactions']:,} training interactions, "
             f"{info['test_users']:,} test users, {info['relevant']:,} relevant titles "
             f"({time.perf_counter() - t:.1f} s)")
+        per_user_ndcg: dict[str, np.ndarray] = {}
         truth = None
         if truth_found is not None:
             truth = relevance(truth_found, m.user_ids[split.test_rows], m.title_ids,
@@ -197,7 +211,7 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
                 runs[name].clear()
                 say(f"  {name}: failed: {exc}")
                 continue
-            scores, ci, curve = score_lists(recs, split, k, genres, truth, cands)
+            scores, ci, curve, per_user_ndcg[name] = score_lists(recs, split, k, genres, truth, cands)
             scores["fit_s"], scores["recommend_s"] = fit_s, rec_s
             runs[name].append(scores)
             curves[name].append(curve)
@@ -205,6 +219,9 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
             params[name].append(_jsonable(getattr(r.model, "params", {}) or {}))
             say(f"  {name}: ndcg@{k} {scores[f'ndcg@{k}']:.4f}  precision@{k} "
                 f"{scores[f'precision@{k}']:.4f}  fit {fit_s:.1f} s, recommend {rec_s:.1f} s")
+        for a, b in comparison_pairs(list(per_user_ndcg)):
+            paired.setdefault(f"{a} vs {b}", []).append(
+                {"seed": seed, **M.paired_bootstrap(per_user_ndcg[a], per_user_ndcg[b], seed=seed)})
 
     result_models = {}
     for name in models:
@@ -228,6 +245,11 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
         "seeds": seed_list,
         "models": result_models,
         "unavailable": unavailable,
+        # NDCG@k of each reelrec model against each baseline, paired over the same test users
+        "paired": {f"ndcg@{k}": {pair: [{key: (round(v, 6) if isinstance(v, float) else
+                                               [round(x, 6) for x in v] if isinstance(v, list) else v)
+                                         for key, v in r.items()} for r in rows]
+                                 for pair, rows in paired.items()}},
         "split": splits_info if len(splits_info) > 1 else splits_info[0],
         "data": {"events": events.num_rows, "titles": len(catalog),
                  "ground_truth": truth_found.source if truth_found else None},

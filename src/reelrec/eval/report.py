@@ -55,9 +55,27 @@ def markdown(doc: dict) -> str:
     if noted:
         lines += ["", "Notes:"]
         lines += [f"- `{n}`: {note}" for n, ns in noted.items() for note in ns]
+    lines += _paired_lines(doc)
     lines += ["", "![metrics at K](metrics_at_k.png)", "",
               "![accuracy against diversity](accuracy_vs_diversity.png)", ""]
     return "\n".join(lines)
+
+
+def _paired_lines(doc: dict) -> list[str]:
+    metric, pairs = next(iter(doc.get("paired", {}).items()), (None, {}))
+    if not pairs:
+        return []
+    lines = ["", f"Paired comparisons of {metric} over the same test users (bootstrap "
+             "of users, 2,000 replicates): A / B - 1 with its 95 % interval, and the share of "
+             "replicates in which A is not better than B.", "",
+             "| A vs B | seed | A | B | A / B - 1 | 95 % interval | P(A not better) |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for pair, rows in pairs.items():
+        for r in rows:
+            lo, hi = r["ci95"]
+            lines.append(f"| {pair} | {r['seed']} | {r['a']:.4f} | {r['b']:.4f} | {r['rel']:+.1%} | "
+                         f"[{lo:+.1%}, {hi:+.1%}] | {r['p_not_better']:.3f} |")
+    return lines
 
 
 def write_report(doc: dict, out_dir: Path | str) -> list[Path]:
