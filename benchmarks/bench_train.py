@@ -233,7 +233,7 @@ def main() -> None:
 
     del pipe, data, events, inter, matrix
     t0 = time.perf_counter()
-    res["ann"] = ann_bench(a.ann_titles, a.factors, 1000 if not a.quick else 200, [128, 256, 512, 1024])
+    res["ann"] = ann_bench(a.ann_titles, a.factors, 1000 if not a.quick else 200, [128, 256, 384, 512, 640, 768, 1024])
     stage(f"ANN benchmark ({a.ann_titles:,} titles)", t0)
     for r in res["ann"]:
         print(r, flush=True)

@@ -225,6 +225,32 @@ def test_degrades_without_failing_on_a_tiny_catalog_of_one_genre():
     assert len(empty) == 8 and set(empty.reasons.tolist()) <= {R.POPULAR, R.EXPLORE, R.NOVEL}
 
 
+def test_genre_cap_holds_when_the_ranked_pool_lacks_genre_variety_in_a_kind():
+    # A documentary lover whose ranked candidates hold documentaries of one genre only: the kind mix
+    # wants about 13 documentaries of 20, which that pool cannot give under the cap of 5. The catalog
+    # has documentaries of other genres, so the page can keep both rules (rule 4 only yields to rule
+    # 3 when no page can meet both, not when the ranked pool happens to be narrow).
+    titles = [Title(f"n{i}", f"N{i}", "documentary", ["nature"]) for i in range(40)]
+    titles += [Title(f"h{i}", f"H{i}", "documentary", [("history", "travel", "music")[i % 3]]) for i in range(30)]
+    titles += [Title(f"m{i}", f"M{i}", "movie", [("drama", "comedy", "crime")[i % 3]]) for i in range(30)]
+    titles += [Title(f"s{i}", f"S{i}", "series", [("drama", "comedy", "crime")[i % 3]]) for i in range(30)]
+    f = CatalogFeatures.from_catalog(Catalog.from_titles(titles))
+    f.set_popularity(np.linspace(100, 1, len(f)).astype(np.float32))
+    ranked = [i for i, t in enumerate(titles) if not t.title_id.startswith("h")]  # no other documentary
+    p = UserProfile("u", kind_affinity=np.array([0.0, 0.0, 50.0]), n_engaged=50,
+                    genre_affinity=np.ones(f.n_genres)).validated(f)
+    c = Candidates.of(ranked, np.linspace(1, 0, len(ranked))).validated(len(f))
+    cfg = ComposeConfig()
+    for seed in range(5):
+        sel = select_top_picks(f, p, c, cfg, rng=np.random.default_rng(seed))
+        assert len(sel) == 20
+        lo, hi = kind_bounds(kind_shares(p.kind_affinity, cfg) * 20)
+        counts = np.bincount(f.kind[sel.titles], minlength=3)
+        assert ((counts >= lo) & (counts <= hi)).all(), (counts, lo, hi)
+        assert features_genre_max(f, sel.titles) <= cfg.genre_cap, f.genre_multi_hot[sel.titles].sum(axis=0)
+        assert sel.penalty[:2] == (0, 0)
+
+
 def test_explore_slots_follow_the_bandit():
     rng = np.random.default_rng(11)
     f = random_features(3000, rng, n_genres=12)

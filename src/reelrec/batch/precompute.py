@@ -139,9 +139,10 @@ def page_checks(model: ServingModel, page, profile, rep: PrecomputeReport) -> No
         if kind_deviation(counts, *kind_bounds(target)) > 0:
             rep.kind_mix_off_by_more_than_one += 1
         rep.kind_mix_checked += 1
-    for code, n in zip(*np.unique(np.asarray(top.slots), return_counts=True)):
-        name = ("exploit", "explore", "novel")[int(code)]
-        rep.slot_counts[name] = rep.slot_counts.get(name, 0) + int(n)
+    for code, n in enumerate(np.bincount(np.asarray(top.slots), minlength=3).tolist()):
+        if n:
+            name = ("exploit", "explore", "novel")[code]
+            rep.slot_counts[name] = rep.slot_counts.get(name, 0) + n
 
 
 def user_rng(seed: int, user_id: str) -> np.random.Generator:

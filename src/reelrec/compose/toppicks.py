@@ -17,7 +17,10 @@ A greedy pass over the score-sorted pool fills explore, novel, then exploit slot
 quotas and genre cap. Its shortfall on each rule is compared with a
 lower bound; when the greedy page is not provably best (rare: tiny or lopsided pools) an exact
 integer program (HiGHS via ``scipy.optimize.milp``) with lexicographic penalties in the order above
-decides. So each rule holds whenever it can hold together with the rules above it.
+decides. So each rule holds whenever it can hold together with the rules above it. When a full page
+still breaks the genre cap, the pool may be what is narrow (a kind's ranked titles nearly all of one
+genre): the most popular eligible titles of each kind outside the overflowing genres join the pool
+and the page is chosen again, kept if it is better by the same order.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ log = get_logger(__name__)
 EXPLOIT, EXPLORE, NOVEL = 0, 1, 2
 SLOT_KINDS: tuple[str, ...] = ("exploit", "explore", "novel")
 _COVISIT, _ONBOARDING = SOURCE["covisit"], SOURCE["onboarding"]
+GENRE_BACKFILL_DEPTH = 2000  # popular titles per kind searched for ones outside an overflowing genre
 _SOURCE_REASON = {SOURCE["trending"]: R.TRENDING, SOURCE["new"]: R.NEW_RELEASE, SOURCE["popular"]: R.POPULAR,
                   SOURCE["regional"]: R.PRIOR}
 
@@ -124,12 +128,7 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
     ok = marks.eligible(t)
     t, s, src, anc = t[ok], s[ok], src[ok], anc[ok]
 
-    dom = dominant_genres(profile, cfg)
-    bits = 0
-    for g in dom.tolist():
-        bits |= 1 << g
-    dom_words = np.array([(bits >> (64 * w)) & (2**64 - 1) for w in range(max(1, -(-features.n_genres // 64)))],
-                         dtype="<u8")
+    dom_words = _words(dominant_genres(profile, cfg), features.n_genres)
     extra = []
     shares = kind_shares(profile.kind_affinity, cfg)
     have = np.bincount(features.kind[t], minlength=3)
@@ -160,6 +159,51 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
     return Pool(t=t, score=s, src=src, anchor=anc, kind=features.kind[t].astype(np.int64), gw=gw,
                 mh=features.genre_multi_hot[t], novel=marks.novel(t),
                 explore_ok=~((gw & dom_words).any(axis=1)), theta=theta_by_cluster[cl], cluster=cl)
+
+
+def _words(genres: np.ndarray, n_genres: int) -> np.ndarray:
+    """Genre indices as uint64 words (the layout of ``CatalogFeatures.genre_words``)."""
+    bits = 0
+    for g in np.asarray(genres).tolist():
+        bits |= 1 << g
+    return np.array([(bits >> (64 * w)) & (2**64 - 1) for w in range(max(1, -(-n_genres // 64)))], dtype="<u8")
+
+
+def _genre_backfill(features: CatalogFeatures, profile: UserProfile, cfg: ComposeConfig, pool: Pool,
+                    idx: np.ndarray, cap: int, marks: Marks, theta_by_cluster: np.ndarray) -> Pool | None:
+    """The pool plus, for each kind, its most popular eligible titles with none of the genres
+    that page ``idx`` holds more than ``cap`` times (None when there are none).
+
+    A ranked pool can be narrow within a kind (a documentary lover's candidates all about
+    nature) while the catalog is not: the genre cap then yields to the kind mix on this pool
+    although a page from the catalog keeps both. Backfilled titles score below every title of
+    the pool, as the kind backfill of ``build_pool`` does.
+    """
+    over = np.flatnonzero(pool.mh[idx].sum(axis=0) > cap)
+    if len(over) == 0 or cfg.backfill_per_kind == 0:
+        return None
+    over_words = _words(over, features.n_genres)
+    extra = []
+    for k in range(3):
+        top = features.top_of_kind(k, GENRE_BACKFILL_DEPTH).astype(np.int64)
+        top = top[~((features.genre_words[top] & over_words).any(axis=1)) & marks.eligible(top)]
+        extra.append(top[~np.isin(top, pool.t)][: cfg.backfill_per_kind])
+    e = np.concatenate(extra)
+    if len(e) == 0:
+        return None
+    dom_words = _words(dominant_genres(profile, cfg), features.n_genres)
+    base = (pool.score.min() if len(pool) else 0.0) - 1.0
+    gw, cl = features.genre_words[e], features.cluster[e]
+    return Pool(t=np.concatenate([pool.t, e]),
+                score=np.concatenate([pool.score, base - np.arange(len(e)) / len(e)]),
+                src=np.concatenate([pool.src, np.full(len(e), SOURCE["popular"], np.uint8)]),
+                anchor=np.concatenate([pool.anchor, np.full(len(e), -1, np.int64)]),
+                kind=np.concatenate([pool.kind, features.kind[e].astype(np.int64)]),
+                gw=np.concatenate([pool.gw, gw]), mh=np.concatenate([pool.mh, features.genre_multi_hot[e]]),
+                novel=np.concatenate([pool.novel, marks.novel(e)]),
+                explore_ok=np.concatenate([pool.explore_ok, ~((gw & dom_words).any(axis=1))]),
+                theta=np.concatenate([pool.theta, theta_by_cluster[cl]]),
+                cluster=np.concatenate([pool.cluster, cl]))
 
 
 def _penalty(pool: Pool, idx: np.ndarray, slots: np.ndarray, lo, hi, cap: int, n_v: int,
@@ -384,26 +428,41 @@ def select_top_picks(features: CatalogFeatures, profile: UserProfile, cands: Can
     rng = rng if rng is not None else np.random.default_rng()
     n_cl = len(features.cluster_names)
     theta = (bandit.sample(profile.region, rng) if bandit is not None else rng.beta(1.0, 1.0, n_cl))
-    pool = build_pool(features, profile, cands, cfg, theta, claimed, marks, order)
+    if marks is None:
+        marks = Marks(features, profile)
+        if claimed is not None and len(claimed):
+            marks.claim(np.asarray(claimed, np.int64))
+    pool = build_pool(features, profile, cands, cfg, theta, marks=marks, order=order)
     n = min(cfg.page_size, len(pool))
     shares = kind_shares(profile.kind_affinity, cfg)
     target = shares * n
     lo, hi = kind_bounds(target)
-    avail = np.bincount(pool.kind, minlength=3)
-    q = kind_quotas(target, avail, n)
     cap = cfg.genre_cap_for(n) if n < cfg.page_size else cfg.genre_cap
     n_e, n_v = cfg.explore_slots(n), cfg.novel_slots_for(n)
-    idx, slots = _greedy(pool, features, n, q, hi, cap, n_v, n_e)
-    pen = _penalty(pool, idx, slots, lo, hi, cap, n_v, n_e, features)
-    bound = (least_kind_deviation(lo, hi, avail, n), 0,
-             max(0, n_v - int(np.count_nonzero(pool.novel))), max(0, n_e - int(np.count_nonzero(pool.explore_ok))))
-    exact = False
-    if pen != bound and n:
-        got = _exact(pool, n, lo, hi, cap, n_v, n_e, cfg.exact_time_limit_s)
-        if got is not None:
-            pen2 = _penalty(pool, got[0], got[1], lo, hi, cap, n_v, n_e, features)
-            if pen2 <= pen:
-                idx, slots, pen, exact = got[0], got[1], pen2, True
+
+    def choose(pool: Pool) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], bool]:
+        avail = np.bincount(pool.kind, minlength=3)
+        q = kind_quotas(target, avail, n)
+        idx, slots = _greedy(pool, features, n, q, hi, cap, n_v, n_e)
+        pen = _penalty(pool, idx, slots, lo, hi, cap, n_v, n_e, features)
+        bound = (least_kind_deviation(lo, hi, avail, n), 0, max(0, n_v - int(np.count_nonzero(pool.novel))),
+                 max(0, n_e - int(np.count_nonzero(pool.explore_ok))))
+        exact = False
+        if pen != bound and n:
+            got = _exact(pool, n, lo, hi, cap, n_v, n_e, cfg.exact_time_limit_s)
+            if got is not None:
+                pen2 = _penalty(pool, got[0], got[1], lo, hi, cap, n_v, n_e, features)
+                if pen2 <= pen:
+                    idx, slots, pen, exact = got[0], got[1], pen2, True
+        return idx, slots, pen, exact
+
+    idx, slots, pen, exact = choose(pool)
+    if pen[1] and n == cfg.page_size:  # the cap broke on a full page: is the pool too narrow?
+        wider = _genre_backfill(features, profile, cfg, pool, idx, cap, marks, theta)
+        if wider is not None:
+            got = choose(wider)
+            if got[2] < pen:
+                pool, (idx, slots, pen, exact) = wider, got
     idx, slots = _page_order(pool, idx, slots)
     code, arg = item_reasons(features, profile, pool, idx, slots)
     return Selection(titles=pool.t[idx], slots=slots, scores=pool.score[idx], reasons=code,

@@ -27,7 +27,9 @@ class ANNConfig:
     exact_max: int = EXACT_MAX
     hnsw_m: int = 32
     ef_construction: int = 100
-    ef_search: int = 1024  # recall@100 >= 0.95 at 100 K titles (benchmarks/bench_train.py)
+    # the cheapest depth with recall@100 >= 0.95 at 100 K titles: 0.956 at 768, 0.950 at 640 (just
+    # under), 0.964 at 1024 for about 1.3x the search CPU (benchmarks/bench_train.py, docs/benchmarks.md)
+    ef_search: int = 768
 
 
 class ANNIndex:
