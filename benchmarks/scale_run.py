@@ -31,6 +31,7 @@ CPU time and peak RSS from those logs, so a stage run by hand the same way shows
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -174,11 +175,14 @@ class TextProgress:
         self.t0 = self.last = time.perf_counter()
         self.c0 = time.process_time()
 
-    def start(self, total: int, unit: str) -> None:
-        self.total, self.unit = total, unit
+    @contextlib.contextmanager
+    def step(self, name: str, total: int):
+        """The ``reelrec.batch.progress`` protocol: one step, ``advance(n)`` within it."""
+        self.total, self.unit = total, name.split()[-1]
         self.t0 = self.last = time.perf_counter()
         self.c0 = time.process_time()
-        say(f"precompute: {total:,} {unit} to compose")
+        say(f"{name}: {total:,} to compose")
+        yield self.advance
 
     def advance(self, n: int) -> None:
         self.done += n

@@ -300,12 +300,8 @@ def demo(data: Optional[Path] = DataOpt,
                 console.rule("training a model, then precomputing every homepage")
                 t0 = time.perf_counter()
                 with RichProgress() as progress:
-                    bar = _PagesBar(progress)
-                    try:
-                        res = run_retrain(s, cache, tune=tune, progress=bar,
-                                          trainer=lambda st, t: train_version(st, t, progress=progress))
-                    finally:
-                        bar.close()
+                    res = run_retrain(s, cache, tune=tune, progress=progress,
+                                      trainer=lambda st, t: train_version(st, t, progress=progress))
                 m = res["metrics"]
                 console.print(f"version {res['version']} live in {time.perf_counter() - t0:.1f} s: trained "
                               f"in {res['train_seconds']:.1f} s on {res['counts']['users']:,} users x "
@@ -343,36 +339,13 @@ def retrain(data: Optional[Path] = DataOpt,
     t0 = time.perf_counter()
     try:
         with open_cache(cache or s.cache) as c, RichProgress() as progress:
-            bar = _PagesBar(progress)
-            try:
-                res = run_retrain(s, c, tune=tune, progress=bar,
-                                  trainer=lambda st, t: train_version(st, t, progress=progress))
-            finally:
-                bar.close()
+            res = run_retrain(s, c, tune=tune, progress=progress,
+                              trainer=lambda st, t: train_version(st, t, progress=progress))
     except ReelrecError as exc:
         fail(exc)
     console.print(f"version {res['version']} live in {time.perf_counter() - t0:.1f} s (previous "
                   f"{res['previous']}): {res['pages']:,} pages; cache versions dropped "
                   f"{res['cache_versions_dropped']}, model versions pruned {res['model_versions_pruned']}")
-
-
-class _PagesBar:
-    """precompute's progress (start, advance) as one more step of the training progress display
-    (rich allows one live display at a time)."""
-
-    def __init__(self, progress):
-        self.progress, self._step, self._advance = progress, None, None
-
-    def start(self, total, unit="pages"):
-        self._step = self.progress.step("precompute pages", total)
-        self._advance = self._step.__enter__()
-
-    def advance(self, n):
-        self._advance(n)
-
-    def close(self):
-        if self._step is not None:
-            self._step.__exit__(None, None, None)
 
 
 def _demo_users(s, reader) -> tuple[str, str]:
@@ -545,25 +518,15 @@ def precompute(data: Optional[Path] = DataOpt,
 
     With --engine ray and a redis:// cache the workers write the pages; with a memory cache the
     pages come back to this process, which writes them."""
-    from rich.progress import Progress
+    from reelrec.batch.progress import RichProgress
     from reelrec.batch.precompute import precompute as run
     from reelrec.storage.cache import open_cache
     s = settings_for(data)
     url = cache or s.cache
 
-    class Bar:
-        def __init__(self, p):
-            self.p, self.task = p, None
-
-        def start(self, total, unit="pages"):
-            self.task = self.p.add_task(unit, total=total)
-
-        def advance(self, n):
-            self.p.advance(self.task, n)
-
     try:
-        with open_cache(url) as c, Progress(console=err_console) as p:
-            rep = run(s, c, version=version, progress=Bar(p), engine=engine, address=address,
+        with open_cache(url) as c, RichProgress() as p:
+            rep = run(s, c, version=version, progress=p, engine=engine, address=address,
                       workers=workers, cache_url=url, shard_users=shard_users)
     except ReelrecError as exc:
         fail(exc)

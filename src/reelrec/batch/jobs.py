@@ -81,8 +81,8 @@ def go_live(settings: Settings, cache, version: str, reader=None, on_step: Step 
     prune old model versions (``Settings.keep_model_versions``).
 
     ``reader``: the serving process's ``HomepageReader``, which loads the model before its pages
-    go live (and lends it to precompute). ``progress``: precompute's (``start(total)``,
-    ``advance(n)``).
+    go live (and lends it to precompute). ``progress``: a batch progress
+    (``reelrec.batch.progress``) that precompute adds its step to.
 
     Raises:
         NotFound: no such version.

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reelrec.batch.progress import NullProgress
 from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.features import UserProfile
 from reelrec.compose.mix import kind_bounds, kind_deviation, kind_shares
@@ -264,8 +265,8 @@ def precompute(settings: Settings, cache: HomepageCache, version: str | None = N
     workers themselves; a ``memory://`` cache (or none named) gets the pages back through the
     driver, which writes them. ``now`` (the run's start by default) is the time every page is
     stamped with: one time for the whole run, so a retried shard writes the same bytes.
-    ``progress`` has ``start(total, unit)`` and ``advance(n)``: pages
-    with the local engine, shards with Ray. ``_crash_once`` is a fault-injection hook for tests
+    ``progress`` is a batch progress (``reelrec.batch.progress``: ``step(name, total)`` yields an
+    ``advance(n)``); its step counts pages with the local engine, shards with Ray. ``_crash_once`` is a fault-injection hook for tests
     (see ``reelrec.batch.precompute_ray``).
 
     Raises:
@@ -301,13 +302,11 @@ def precompute(settings: Settings, cache: HomepageCache, version: str | None = N
     else:
         t1 = time.perf_counter()
         size = shard_users or default_shard_users(p.n_users, 1)
-        if progress:
-            progress.start(p.n_users, "pages")
-        for shard in p.shards(size):
-            part = compose_shard(model, shard, seed, batch_users,
-                                 advance=progress.advance if progress else None, now=now)
-            cache.put(part.items, version=model.version)
-            rep.add(part)
+        with (progress or NullProgress()).step("precompute pages", p.n_users) as advance:
+            for shard in p.shards(size):
+                part = compose_shard(model, shard, seed, batch_users, advance=advance, now=now)
+                cache.put(part.items, version=model.version)
+                rep.add(part)
         rep.compose_seconds = time.perf_counter() - t1
     cache.publish(model.version)
     rep.page_bytes_mean = rep.page_bytes_total / rep.users if rep.users else 0.0

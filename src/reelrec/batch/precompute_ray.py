@@ -38,6 +38,7 @@ import os
 import time
 from pathlib import Path
 
+from reelrec.batch.progress import NullProgress
 from reelrec.batch.precompute import Plan, PrecomputeReport, ShardResult, compose_shard, default_shard_users
 from reelrec.errors import InvalidInput, Unavailable
 from reelrec.log import get_logger
@@ -150,32 +151,30 @@ def run_ray(p: Plan, cache, rep: PrecomputeReport, *, seed: int, batch_users: in
         actors = [PageWorker.remote([model_ref], cache_url, seed, batch_users, now) for _ in range(n)]
         size = shard_users or default_shard_users(p.n_users, n)
         rep.workers = n
-        if progress:
-            progress.start(p.n_shards(size), "shards")
-        shards = p.shards(size)
-        idle, busy = list(actors), {}
-        while True:
-            while idle:
-                shard = next(shards, None)
-                if shard is None:
+        with (progress or NullProgress()).step("precompute shards", p.n_shards(size)) as advance:
+            shards = p.shards(size)
+            idle, busy = list(actors), {}
+            while True:
+                while idle:
+                    shard = next(shards, None)
+                    if shard is None:
+                        break
+                    a = idle.pop()
+                    busy[a.run.remote(shard, crash_once)] = a
+                if not busy:
                     break
-                a = idle.pop()
-                busy[a.run.remote(shard, crash_once)] = a
-            if not busy:
-                break
-            done, _ = ray.wait(list(busy), num_returns=1)
-            ref = done[0]
-            idle.append(busy.pop(ref))
-            try:
-                part: ShardResult = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                raise Unavailable(f"a precompute shard failed after {RETRIES} retries; nothing was "
-                                  f"published: {exc}") from None
-            if part.items is not None:
-                cache.put(part.items, version=p.model.version)
-            rep.add(part)
-            if progress:
-                progress.advance(1)
+                done, _ = ray.wait(list(busy), num_returns=1)
+                ref = done[0]
+                idle.append(busy.pop(ref))
+                try:
+                    part: ShardResult = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    raise Unavailable(f"a precompute shard failed after {RETRIES} retries; nothing was "
+                                      f"published: {exc}") from None
+                if part.items is not None:
+                    cache.put(part.items, version=p.model.version)
+                rep.add(part)
+                advance(1)
         rep.compose_seconds = time.perf_counter() - t1
     finally:
         if started:
