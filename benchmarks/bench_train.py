@@ -145,8 +145,21 @@ def _timed_search(index: ANNIndex, q: np.ndarray, k: int, batch: int, **kw) -> t
     return np.concatenate(cols), 1000 * (time.process_time() - t) / len(q)
 
 
+def baseline_ann(src: Path | None):
+    """The ``build(vectors, cfg, force)`` of the "before" rows: ``src``'s reelrec/recall/ann.py (a
+    checkout before the dedupe, loaded beside this one), or this code with ``dedupe=False``."""
+    if src is None:
+        return lambda v, cfg=None, force=None: ANNIndex.build(v, cfg, force, dedupe=False), ANNConfig
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ann_baseline", Path(src) / "reelrec" / "recall" / "ann.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["ann_baseline"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod.ANNIndex.build, mod.ANNConfig
+
+
 def _ann_rows(v: np.ndarray, q: np.ndarray, truth_s: np.ndarray, efs: list[int], batch: int,
-              k: int = 100, reps: int = 3, **kw) -> list[dict]:
+              k: int = 100, reps: int = 3, baseline: Path | None = None, **kw) -> list[dict]:
     """Recall with ties and CPU per query (in batches of ``batch``, the median of ``reps`` runs;
     and one query a call) for each index: before the dedupe (one row per title) and now (each distinct vector once), flat and
     HNSW at each efSearch."""
@@ -160,19 +173,20 @@ def _ann_rows(v: np.ndarray, q: np.ndarray, truth_s: np.ndarray, efs: list[int],
         # one query a call, as the speed layer searches (the first 200 queries)
         one = {k_: (v_[:200] if k_ in ("exclude", "groups") and v_ is not None else v_) for k_, v_ in kw.items()}
         _, cpu_one = _timed_search(index, q[:200], k, 1, **one)
-        rows.append({"index": label, "ef_search": ef, "distinct": index.distinct,
+        rows.append({"index": label, "ef_search": ef, "distinct": getattr(index, "distinct", index.size),
                      "recall@100": round(recall_with_ties(got, q, v, truth_s), 4),
                      "cpu_ms_per_query": round(cpu, 3), "cpu_ms_single_query": round(cpu_one, 3),
                      "build_cpu_s": round(build, 1)})
         print(rows[-1], flush=True)
 
-    for dedupe, when in ((False, "before"), (True, "now")):
+    old_build, old_cfg = baseline_ann(baseline)
+    for build, cfg, when in ((old_build, old_cfg, "before"), (ANNIndex.build, ANNConfig, "now")):
         t = time.process_time()
-        flat = ANNIndex.build(v, force="flat", dedupe=dedupe)
+        flat = build(v, force="flat")
         row(f"{when}: flat", flat, build=time.process_time() - t)
         del flat
         t = time.process_time()
-        hnsw = ANNIndex.build(v, ANNConfig(exact_max=0), dedupe=dedupe)
+        hnsw = build(v, cfg(exact_max=0))
         build = time.process_time() - t
         for ef in efs:
             row(f"{when}: hnsw M=32", hnsw, ef, build)
@@ -183,7 +197,8 @@ def _ann_rows(v: np.ndarray, q: np.ndarray, truth_s: np.ndarray, efs: list[int],
     return rows
 
 
-def ann_bench(n_titles: int, dim: int, n_queries: int, efs: list[int], seed: int = 3) -> list[dict]:
+def ann_bench(n_titles: int, dim: int, n_queries: int, efs: list[int], seed: int = 3,
+              baseline: Path | None = None) -> list[dict]:
     # ALS-like vectors: a decaying spectrum (MovieLens-100K's 128-factor ALS titles keep 90 % of
     # their energy in 32 directions) and norms spread over two orders of magnitude
     rng = np.random.default_rng(seed)
@@ -193,7 +208,7 @@ def ann_bench(n_titles: int, dim: int, n_queries: int, efs: list[int], seed: int
     v *= rng.lognormal(0, 0.8, (n_titles, 1)).astype(np.float32)
     q = ((rng.normal(size=(n_queries, dim)) * scale) @ rot).astype(np.float32)
     truth_s = topk_excluding(q @ v.T, None, 100)[1]
-    return _ann_rows(v, q, truth_s, efs, batch=n_queries)
+    return _ann_rows(v, q, truth_s, efs, batch=n_queries, baseline=baseline)
 
 
 def resolve_version(path: Path) -> Path:
@@ -204,7 +219,8 @@ def resolve_version(path: Path) -> Path:
     return models / (models / "CURRENT").read_text().strip()
 
 
-def ann_bench_model(path: Path, efs: list[int], n_users: int, batch: int = 256, seed: int = 0) -> dict:
+def ann_bench_model(path: Path, efs: list[int], n_users: int, batch: int = 256, seed: int = 0,
+                    baseline: Path | None = None) -> dict:
     """The ANN benchmark on a model version's title vectors: its users (those with history) as
     queries, each region's unavailable titles and the user's exclusions applied as the
     precompute applies them; the truth is a numpy brute force over every title."""
@@ -229,7 +245,7 @@ def ann_bench_model(path: Path, efs: list[int], n_users: int, batch: int = 256, 
     full = sp.csr_matrix(ex.maximum(sp.csr_matrix(un)[groups]))
     truth_s = np.concatenate([topk_excluding(q[lo: lo + batch] @ v.T, full[lo: lo + batch], 100)[1]
                               for lo in range(0, len(q), batch)])
-    rows = _ann_rows(v, q, truth_s, efs, batch, exclude=ex, unavailable=un, groups=groups)
+    rows = _ann_rows(v, q, truth_s, efs, batch, baseline=baseline, exclude=ex, unavailable=un, groups=groups)
     return {"version": str(folder), "titles": len(v), "content_vectors": int(content.sum()),
             "users": len(pick), "rows": rows}
 
@@ -251,6 +267,9 @@ def main() -> None:
     ap.add_argument("--ann-model", type=Path,
                     help="also measure on this model version's vectors (a version folder or a data folder)")
     ap.add_argument("--ann-users", type=int, default=1024, help="queries (users) for --ann-model")
+    ap.add_argument("--ann-baseline", type=Path,
+                    help="the src folder of a checkout whose ANN index gives the 'before' rows "
+                         "(default: this one, one index row per title)")
     a = ap.parse_args()
     if a.quick:
         a.users, a.titles, a.per_user, a.factors, a.ann_titles, a.score_users = 2000, 1000, 30, 32, 5000, 300
@@ -273,11 +292,12 @@ def main() -> None:
     with threadpool_limits(1, "blas"):
         if a.ann_titles > 0:
             t0 = time.perf_counter()
-            res["ann"] = ann_bench(a.ann_titles, a.factors, 1000 if not a.quick else 200, efs)
+            res["ann"] = ann_bench(a.ann_titles, a.factors, 1000 if not a.quick else 200, efs,
+                                   baseline=a.ann_baseline)
             stage(f"ANN benchmark ({a.ann_titles:,} titles)", t0)
         if a.ann_model is not None:
             t0 = time.perf_counter()
-            res["ann_model"] = ann_bench_model(a.ann_model, efs, a.ann_users)
+            res["ann_model"] = ann_bench_model(a.ann_model, efs, a.ann_users, baseline=a.ann_baseline)
             stage(f"ANN on {res['ann_model']['version']}", t0)
     res["peak_rss_mb"] = round(rss_mb())
     if a.json:
