@@ -1,7 +1,7 @@
 """The ANN source of recall: maximum inner product search over title vectors (FAISS).
 
-Exact ``IndexFlatIP`` up to ``exact_max`` titles (a brute-force product is cheap there); above it
-an HNSW graph. Graph search is much better at L2 than at inner product, so the HNSW index holds
+Exact ``IndexFlatIP`` up to ``exact_max`` distinct vectors (a brute-force product is cheap
+there); above it an HNSW graph. Graph search is much better at L2 than at inner product, so the HNSW index holds
 the titles with one extra coordinate sqrt(M^2 - |v|^2) (M the largest norm) and queries get a 0
 there: the nearest by L2 is then exactly the largest inner product (Bachrach et al. 2014), and the
 score is recovered from the distance. Its recall@100 against the exact index is measured in
@@ -10,9 +10,10 @@ search, so the index is shared by every user; the search asks for extra neighbou
 
 The index holds each distinct vector once. Titles without interactions get content vectors (the
 mean of trained vectors sharing genres, kind and region), and many share one: a 100 K-title world
-trained on one day has about 10 K distinct vectors. HNSW finds few of many identical points (its
-graph links them to each other), and an exact search over the distinct rows is cheap, so the
-choice between flat and HNSW is made on the distinct count. A hit is expanded to its titles,
+trained on one day has about 10 K distinct vectors. HNSW over every title found 0.90 of the exact top 100 there at
+efSearch 768 (ties counted; its graph links the identical points to each other), and an exact
+search over the distinct rows is cheaper than that, so the choice between flat and HNSW is made
+on the distinct count. A hit is expanded to its titles,
 lowest title column first, as ties are ordered everywhere else.
 """
 
@@ -26,6 +27,9 @@ import scipy.sparse as sp
 
 from reelrec.errors import InvalidInput
 
+# distinct vectors up to which the index is exact: a batched exact search of 100 K distinct rows
+# costs about what HNSW at efSearch 768 costs (docs/benchmarks.md), but one query at a time (the
+# speed layer) about 4x as much
 EXACT_MAX = 50_000
 
 
@@ -34,8 +38,11 @@ class ANNConfig:
     exact_max: int = EXACT_MAX
     hnsw_m: int = 32
     ef_construction: int = 100
-    # the cheapest depth with recall@100 >= 0.95 at 100 K titles: 0.956 at 768, 0.950 at 640 (just
-    # under), 0.964 at 1024 for about 1.3x the search CPU (benchmarks/bench_train.py, docs/benchmarks.md)
+    # the cheapest depth with recall@100 >= 0.95 (ties counted) where HNSW is used: on the synthetic
+    # 100 K distinct ALS-like vectors 0.942 at 512, 0.956 at 768, 0.964 at 1024 for about 1.5x the
+    # CPU of 768. On the trained 100 K-title one-day world the 10,348 distinct vectors get the exact
+    # index (1.000), and HNSW over them finds 1.000 at all three depths, so the synthetic set
+    # decides (benchmarks/bench_train.py, docs/benchmarks.md "ANN at 100,000 titles")
     ef_search: int = 768
 
 
