@@ -206,7 +206,7 @@ class ANNIndex:
             scores = (np.einsum("ij,ij->i", q, q)[:, None] + self.max_norm - dist) / 2.0
             scores = np.where(cols >= 0, scores, -np.inf).astype(np.float32)
         else:
-            cols, scores = self._flat_search(q, kk, blocked)
+            cols, scores = self._flat_search(q, kk, blocked, selector)
         if self.identity:
             cols = cols.astype(np.int64)
         else:
@@ -227,14 +227,18 @@ class ANNIndex:
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return cols, scores.astype(np.float32)
 
-    def _flat_search(self, q: np.ndarray, kk: int, blocked: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``kk`` distinct rows per query, without the ``blocked`` rows: FAISS's
-        search when nothing is blocked, else one BLAS product over the stored vectors with the
-        blocked rows masked (equal scores in row order). FAISS's flat search with an ID selector
-        scans instead of using BLAS: 3.9 ms of CPU a user at 100 K titles (docs/benchmarks.md)."""
+    def _flat_search(self, q: np.ndarray, kk: int, blocked: np.ndarray | None, selector
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``kk`` distinct rows per query, without the ``blocked`` rows (``selector``:
+        the same as a FAISS ID selector). FAISS's own search when nothing is blocked or for
+        fewer than 20 queries (where FAISS itself leaves BLAS); else one BLAS product over the
+        stored vectors with the blocked rows masked (equal scores in row order), because FAISS's
+        flat search with an ID selector scans instead of using BLAS: 3.9 ms of CPU a user at
+        100 K titles in batches of 256 (docs/benchmarks.md)."""
         import faiss
-        if blocked is None or len(blocked) == 0:
-            scores, cols = self.index.search(q, kk)
+        if blocked is None or len(blocked) == 0 or len(q) < 20:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+            scores, cols = self.index.search(q, kk, params=params)
             return cols.astype(np.int64), np.where(cols >= 0, scores, -np.inf).astype(np.float32)
         xb = self.__dict__.get("_xb")
         if xb is None:  # a view of the vectors FAISS holds, no copy
