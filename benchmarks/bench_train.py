@@ -161,8 +161,8 @@ def baseline_ann(src: Path | None):
 def _ann_rows(v: np.ndarray, q: np.ndarray, truth_s: np.ndarray, efs: list[int], batch: int,
               k: int = 100, reps: int = 3, baseline: Path | None = None, **kw) -> list[dict]:
     """Recall with ties and CPU per query (in batches of ``batch``, the median of ``reps`` runs;
-    and one query a call) for each index: before the dedupe (one row per title) and now (each distinct vector once), flat and
-    HNSW at each efSearch."""
+    and one query a call) for each index: before (``baseline``'s index, or one row per title)
+    and now (each distinct vector once), flat and HNSW at each efSearch, and the default."""
     rows = []
 
     def row(label, index, ef="-", build=0.0):

@@ -1,20 +1,21 @@
 """The ANN source of recall: maximum inner product search over title vectors (FAISS).
 
 Exact ``IndexFlatIP`` up to ``exact_max`` distinct vectors (a brute-force product is cheap
-there); above it an HNSW graph. Graph search is much better at L2 than at inner product, so the HNSW index holds
-the titles with one extra coordinate sqrt(M^2 - |v|^2) (M the largest norm) and queries get a 0
-there: the nearest by L2 is then exactly the largest inner product (Bachrach et al. 2014), and the
-score is recovered from the distance. Its recall@100 against the exact index is measured in
-benchmarks/bench_train.py (docs/benchmarks.md). Titles excluded for a user are removed after the
-search, so the index is shared by every user; the search asks for extra neighbours to make room.
+there); above it an HNSW graph. Graph search is much better at L2 than at inner product, so the
+HNSW index holds the vectors with one extra coordinate sqrt(M^2 - |v|^2) (M the largest norm) and
+queries get a 0 there: the nearest by L2 is then exactly the largest inner product (Bachrach et
+al. 2014), and the score is recovered from the distance. Its recall@100 against the exact index
+is measured in benchmarks/bench_train.py (docs/benchmarks.md). Titles excluded for a user are
+removed after the search, so the index is shared by every user; the search asks for extra
+neighbours to make room.
 
 The index holds each distinct vector once. Titles without interactions get content vectors (the
 mean of trained vectors sharing genres, kind and region), and many share one: a 100 K-title world
-trained on one day has about 10 K distinct vectors. HNSW over every title found 0.90 of the exact top 100 there at
-efSearch 768 (ties counted; its graph links the identical points to each other), and an exact
-search over the distinct rows is cheaper than that, so the choice between flat and HNSW is made
-on the distinct count. A hit is expanded to its titles,
-lowest title column first, as ties are ordered everywhere else.
+trained on one day has about 10 K distinct vectors. HNSW over every title found 0.90 of the exact
+top 100 there at efSearch 768 (ties counted; its graph links the identical points to each other),
+and an exact search over the distinct rows is cheaper than that, so the choice between flat and
+HNSW is made on the distinct count. A hit is expanded to its titles, lowest title column first,
+as ties are ordered everywhere else.
 """
 
 from __future__ import annotations
