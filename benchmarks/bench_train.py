@@ -2,6 +2,8 @@
 
     python benchmarks/bench_train.py            # full: 100 K users x 20 K titles, ~10 M events
     python benchmarks/bench_train.py --quick    # smoke test (CI): 2 K users x 1 K titles
+    python benchmarks/bench_train.py --ann-only --ann-model DATA_OR_VERSION_DIR   # ANN only, and on
+                                                # a trained model version's own vectors
 
 Reports (and with --markdown FILE appends a table for docs/benchmarks.md):
 * wall time and peak RSS after each training stage (fold, matrix, ALS, recall structures,
@@ -9,7 +11,12 @@ Reports (and with --markdown FILE appends a table for docs/benchmarks.md):
 * ALS seconds per iteration through reelrec's ``fit_als`` beside the ``implicit`` library's own
   fit on the same matrix (the ratio is our overhead);
 * ranker scoring in candidates per second, and whole-pipeline users per second;
-* ANN at 100 K titles: recall@100 of HNSW against the exact index, and latency per query.
+* ANN at 100 K titles: recall@100 against exact search (ties counted: a title whose exact score
+  reaches the exact 100th is a hit) and CPU per query, for the index as built now (each distinct
+  vector once) and as built before the dedupe (one row per title), FAISS and BLAS on one thread;
+* with --ann-model, the same on a model version's title vectors, its users as queries, searched
+  as the precompute searches them (batches of 256, each region's unavailable titles inside FAISS,
+  the user's exclusions after), against a numpy brute force.
 
 The world is synthetic (numpy): users and titles in taste clusters, Zipf popularity inside a
 cluster, 70 % of a user's titles from their own cluster.
@@ -41,7 +48,8 @@ from reelrec.domain.signals import fold_interactions  # noqa: E402
 from reelrec.domain.users import USER_SCHEMA  # noqa: E402
 from reelrec.rank.ranker import RankerParams  # noqa: E402
 from reelrec.recall.als import ALSParams, fit_als  # noqa: E402
-from reelrec.recall.ann import ANNConfig, ANNIndex, recall_at_k  # noqa: E402
+from reelrec.recall.als import topk_excluding  # noqa: E402
+from reelrec.recall.ann import ANNConfig, ANNIndex, recall_with_ties  # noqa: E402
 from reelrec.recommender import TrainData  # noqa: E402
 
 UTC = dt.timezone.utc
@@ -126,7 +134,71 @@ def als_per_iteration(positives, factors: int, iterations: int) -> tuple[float, 
     return ours, statistics.median(times)
 
 
-def ann_bench(n_titles: int, dim: int, n_queries: int, efs: list[int], seed: int = 3) -> list[dict]:
+def _timed_search(index: ANNIndex, q: np.ndarray, k: int, batch: int, **kw) -> tuple[np.ndarray, float]:
+    """(cols, CPU ms per query): the queries in batches of ``batch`` (``kw`` row-sliced)."""
+    cols = []
+    t = time.process_time()
+    for lo in range(0, len(q), batch):
+        sl = slice(lo, lo + batch)
+        part = {k_: (v_[sl] if k_ in ("exclude", "groups") and v_ is not None else v_) for k_, v_ in kw.items()}
+        cols.append(index.search(q[sl], k, **part)[0])
+    return np.concatenate(cols), 1000 * (time.process_time() - t) / len(q)
+
+
+def baseline_ann(src: Path | None):
+    """The ``build(vectors, cfg, force)`` of the "before" rows: ``src``'s reelrec/recall/ann.py (a
+    checkout before the dedupe, loaded beside this one), or this code with ``dedupe=False``."""
+    if src is None:
+        return lambda v, cfg=None, force=None: ANNIndex.build(v, cfg, force, dedupe=False), ANNConfig
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ann_baseline", Path(src) / "reelrec" / "recall" / "ann.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["ann_baseline"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod.ANNIndex.build, mod.ANNConfig
+
+
+def _ann_rows(v: np.ndarray, q: np.ndarray, truth_s: np.ndarray, efs: list[int], batch: int,
+              k: int = 100, reps: int = 3, baseline: Path | None = None, **kw) -> list[dict]:
+    """Recall with ties and CPU per query (in batches of ``batch``, the median of ``reps`` runs;
+    and one query a call) for each index: before (``baseline``'s index, or one row per title)
+    and now (each distinct vector once), flat and HNSW at each efSearch, and the default."""
+    rows = []
+
+    def row(label, index, ef="-", build=0.0):
+        if ef != "-":
+            index.cfg.ef_search = ef
+        runs = [_timed_search(index, q, k, batch, **kw) for _ in range(reps)]
+        got, cpu = runs[0][0], statistics.median(r[1] for r in runs)
+        # one query a call, as the speed layer searches (the first 200 queries)
+        one = {k_: (v_[:200] if k_ in ("exclude", "groups") and v_ is not None else v_) for k_, v_ in kw.items()}
+        _, cpu_one = _timed_search(index, q[:200], k, 1, **one)
+        rows.append({"index": label, "ef_search": ef, "distinct": getattr(index, "distinct", index.size),
+                     "recall@100": round(recall_with_ties(got, q, v, truth_s), 4),
+                     "cpu_ms_per_query": round(cpu, 3), "cpu_ms_single_query": round(cpu_one, 3),
+                     "build_cpu_s": round(build, 1)})
+        print(rows[-1], flush=True)
+
+    old_build, old_cfg = baseline_ann(baseline)
+    for build, cfg, when in ((old_build, old_cfg, "before"), (ANNIndex.build, ANNConfig, "now")):
+        t = time.process_time()
+        flat = build(v, force="flat")
+        row(f"{when}: flat", flat, build=time.process_time() - t)
+        del flat
+        t = time.process_time()
+        hnsw = build(v, cfg(exact_max=0))
+        build = time.process_time() - t
+        for ef in efs:
+            row(f"{when}: hnsw M=32", hnsw, ef, build)
+        del hnsw
+    t = time.process_time()
+    auto = ANNIndex.build(v)
+    row(f"now: default ({auto.kind})", auto, build=time.process_time() - t)
+    return rows
+
+
+def ann_bench(n_titles: int, dim: int, n_queries: int, efs: list[int], seed: int = 3,
+              baseline: Path | None = None) -> list[dict]:
     # ALS-like vectors: a decaying spectrum (MovieLens-100K's 128-factor ALS titles keep 90 % of
     # their energy in 32 directions) and norms spread over two orders of magnitude
     rng = np.random.default_rng(seed)
@@ -135,22 +207,47 @@ def ann_bench(n_titles: int, dim: int, n_queries: int, efs: list[int], seed: int
     v = ((rng.normal(size=(n_titles, dim)) * scale) @ rot).astype(np.float32)
     v *= rng.lognormal(0, 0.8, (n_titles, 1)).astype(np.float32)
     q = ((rng.normal(size=(n_queries, dim)) * scale) @ rot).astype(np.float32)
-    rows = []
-    exact = ANNIndex.build(v, force="flat")
-    t = time.perf_counter()
-    truth = exact.search(q, 100)[0]
-    rows.append({"index": "flat (exact)", "ef_search": "-", "recall@100": 1.0,
-                 "ms_per_query": 1000 * (time.perf_counter() - t) / n_queries, "build_s": 0.0})
-    t = time.perf_counter()
-    hnsw = ANNIndex.build(v, ANNConfig(exact_max=0))
-    build = time.perf_counter() - t
-    for ef in efs:
-        hnsw.cfg.ef_search = ef
-        t = time.perf_counter()
-        got = hnsw.search(q, 100)[0]
-        rows.append({"index": "hnsw M=32", "ef_search": ef, "recall@100": recall_at_k(got, truth),
-                     "ms_per_query": 1000 * (time.perf_counter() - t) / n_queries, "build_s": build})
-    return rows
+    truth_s = topk_excluding(q @ v.T, None, 100)[1]
+    return _ann_rows(v, q, truth_s, efs, batch=n_queries, baseline=baseline)
+
+
+def resolve_version(path: Path) -> Path:
+    """A model version folder, given it or a data folder (its models/CURRENT)."""
+    if (path / "arrays.npz").exists():
+        return path
+    models = path / "models"
+    return models / (models / "CURRENT").read_text().strip()
+
+
+def ann_bench_model(path: Path, efs: list[int], n_users: int, batch: int = 256, seed: int = 0,
+                    baseline: Path | None = None) -> dict:
+    """The ANN benchmark on a model version's title vectors: its users (those with history) as
+    queries, each region's unavailable titles and the user's exclusions applied as the
+    precompute applies them; the truth is a numpy brute force over every title."""
+    import scipy.sparse as sp
+
+    from reelrec.batch.versions import get_sparse
+    folder = resolve_version(path)
+    with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+        v = np.ascontiguousarray(z["item_factors"], np.float32)
+        content = z["content"].astype(bool)
+        users = np.ascontiguousarray(z["users.vectors"], np.float32)
+        region = z["users.region"].astype(np.int64)
+        arrays = {k: z[k] for k in z.files if k.startswith(("users.exclude", "users.positives", "stats.unavailable"))}
+    exclude = get_sparse(arrays, "users.exclude")
+    positives = get_sparse(arrays, "users.positives")
+    un = get_sparse(arrays, "stats.unavailable")
+    rng = np.random.default_rng(seed)
+    with_history = np.flatnonzero(np.diff(positives.indptr) > 0)
+    pick = np.sort(rng.choice(with_history, min(n_users, len(with_history)), replace=False))
+    q, ex = users[pick], sp.csr_matrix(exclude[pick])
+    groups = np.where(region[pick] >= 0, region[pick], un.shape[0] - 1)
+    full = sp.csr_matrix(ex.maximum(sp.csr_matrix(un)[groups]))
+    truth_s = np.concatenate([topk_excluding(q[lo: lo + batch] @ v.T, full[lo: lo + batch], 100)[1]
+                              for lo in range(0, len(q), batch)])
+    rows = _ann_rows(v, q, truth_s, efs, batch, baseline=baseline, exclude=ex, unavailable=un, groups=groups)
+    return {"version": str(folder), "titles": len(v), "content_vectors": int(content.sum()),
+            "users": len(pick), "rows": rows}
 
 
 def main() -> None:
@@ -160,14 +257,23 @@ def main() -> None:
     ap.add_argument("--titles", type=int, default=20_000)
     ap.add_argument("--per-user", type=int, default=100)
     ap.add_argument("--factors", type=int, default=128)
-    ap.add_argument("--ann-titles", type=int, default=100_000)
+    ap.add_argument("--ann-titles", type=int, default=100_000, help="synthetic ANN benchmark size (0: skip it)")
     ap.add_argument("--score-users", type=int, default=2000)
     ap.add_argument("--iterations", type=int, default=10, help="ALS iterations in the pipeline fit")
     ap.add_argument("--ranker-users", type=int, default=10_000, help="LambdaRank groups sampled")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--ann-only", action="store_true", help="only the ANN benchmarks")
+    ap.add_argument("--ann-ef", default="512,768,1024", help="efSearch depths, comma-separated")
+    ap.add_argument("--ann-model", type=Path,
+                    help="also measure on this model version's vectors (a version folder or a data folder)")
+    ap.add_argument("--ann-users", type=int, default=1024, help="queries (users) for --ann-model")
+    ap.add_argument("--ann-baseline", type=Path,
+                    help="the src folder of a checkout whose ANN index gives the 'before' rows "
+                         "(default: this one, one index row per title)")
     a = ap.parse_args()
     if a.quick:
         a.users, a.titles, a.per_user, a.factors, a.ann_titles, a.score_users = 2000, 1000, 30, 32, 5000, 300
+    efs = [int(x) for x in a.ann_ef.split(",")]
 
     res: dict = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
                  "args": {k: str(v) for k, v in vars(a).items()}, "stages": []}
@@ -178,6 +284,28 @@ def main() -> None:
         print(f"{name:<28} {res['stages'][-1]['seconds']:>8.2f} s   peak RSS {res['stages'][-1]['peak_rss_mb']:,} MB",
               flush=True)
 
+    if not a.ann_only:
+        train_bench(a, res, stage)
+    import faiss
+    from threadpoolctl import threadpool_limits
+    faiss.omp_set_num_threads(1)
+    with threadpool_limits(1, "blas"):
+        if a.ann_titles > 0:
+            t0 = time.perf_counter()
+            res["ann"] = ann_bench(a.ann_titles, a.factors, 1000 if not a.quick else 200, efs,
+                                   baseline=a.ann_baseline)
+            stage(f"ANN benchmark ({a.ann_titles:,} titles)", t0)
+        if a.ann_model is not None:
+            t0 = time.perf_counter()
+            res["ann_model"] = ann_bench_model(a.ann_model, efs, a.ann_users, baseline=a.ann_baseline)
+            stage(f"ANN on {res['ann_model']['version']}", t0)
+    res["peak_rss_mb"] = round(rss_mb())
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=2))
+
+
+def train_bench(a, res: dict, stage) -> None:
+    """Training stages, ALS per iteration, ranker and pipeline throughput (into ``res``)."""
     t0 = time.perf_counter()
     catalog, users, events = world(a.users, a.titles, a.per_user)
     stage(f"generate {events.num_rows:,} events", t0)
@@ -232,14 +360,6 @@ def main() -> None:
     print(json.dumps(res["scoring"]), flush=True)
 
     del pipe, data, events, inter, matrix
-    t0 = time.perf_counter()
-    res["ann"] = ann_bench(a.ann_titles, a.factors, 1000 if not a.quick else 200, [128, 256, 384, 512, 640, 768, 1024])
-    stage(f"ANN benchmark ({a.ann_titles:,} titles)", t0)
-    for r in res["ann"]:
-        print(r, flush=True)
-    res["peak_rss_mb"] = round(rss_mb())
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

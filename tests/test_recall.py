@@ -262,3 +262,115 @@ def test_top_k_ties_keep_the_lowest_columns():
     cols, vals = topk_excluding(s, ex, 3)
     assert cols.tolist() == [[1, 3, 5], [1, 2, 3]]
     assert vals.tolist() == [[3, 3, 3], [2, 2, 2]]
+
+
+def _repeated(n: int, distinct: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` title vectors drawn from ``distinct`` rows (shuffled, every row used), and the rows."""
+    rng = np.random.default_rng(seed)
+    u = clustered(distinct, d, seed)
+    rows = rng.permutation(np.concatenate([np.arange(distinct), rng.integers(0, distinct, n - distinct)]))
+    return u[rows], rows
+
+
+def _exact_with_ties(q, v, rows, exclude, k):
+    """Brute force over the titles, equal vectors scored once (so ties are exact), lowest
+    column first among equal scores."""
+    from reelrec.recall.als import topk_excluding
+    u = np.zeros((rows.max() + 1, v.shape[1]), np.float32)
+    u[rows] = v
+    return topk_excluding((q @ u.T)[:, rows], exclude, k)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_repeated_vectors_are_indexed_once_and_expand_to_every_title(kind):
+    v, rows = _repeated(1500, 120, 16, 8)
+    q = clustered(25, 16, 9)
+    idx = ANNIndex.build(v, ANNConfig(exact_max=500), force=None if kind == "flat" else "hnsw")
+    # 1,500 titles above exact_max, but the choice is made on the 120 distinct vectors
+    assert idx.kind == kind and idx.distinct == 120 and idx.size == 1500
+    cols, scores = idx.search(q, 60)
+    want_c, want_s = _exact_with_ties(q, v, rows, None, 60)
+    np.testing.assert_array_equal(cols, want_c)
+    np.testing.assert_allclose(scores, want_s, rtol=1e-4, atol=1e-4)
+    # the titles of one vector come together, lowest column first
+    first = cols[:, 0]
+    group = np.flatnonzero(rows == rows[first[0]])
+    assert cols[0, :len(group)].tolist() == group[:60].tolist()
+
+
+@pytest.mark.parametrize("seed, b", [(0, 30), (1, 200)])
+def test_repeated_vectors_respect_regions_and_exclusions(seed, b):
+    """Regions block single titles and whole vectors' titles; users exclude titles, some of them
+    every available title of a top vector: the search matches the exact top-k without them
+    (a few users a region: FAISS's search with the region's selector; many: the masked product)."""
+    rng = np.random.default_rng(seed)
+    n, R, k = 2000, 3, 40
+    v, rows = _repeated(n, 150, 16, seed + 20)
+    blocked = rng.random((R + 1, n)) < 0.25
+    blocked[:R] |= rng.random((R, 150))[:, rows] < 0.2  # every title of a fifth of the vectors
+    blocked[R] = False
+    un = sp.csr_matrix(blocked, dtype=np.float32)
+    q = clustered(b, 16, seed + 30)
+    groups = rng.integers(0, R + 1, b)
+    ex = (rng.random((b, n)) < 0.01)
+    top = np.argmax(q @ v.T, axis=1)  # each user excludes every title of their best vector
+    ex |= rows[None, :] == rows[top][:, None]
+    ex = sp.csr_matrix(ex, dtype=np.float32)
+    full = sp.csr_matrix(ex.maximum(un[groups]))
+    want_c, want_s = _exact_with_ties(q, v, rows, full, k)
+    for idx in (ANNIndex.build(v), ANNIndex.build(v, force="hnsw")):
+        cols, scores = idx.search(q, k, ex, unavailable=un, groups=groups)
+        np.testing.assert_array_equal(cols, want_c, err_msg=idx.kind)
+        np.testing.assert_allclose(scores, want_s, rtol=1e-4, atol=1e-4)
+        # the region passed through the exclusions instead gives the same
+        cols2, _ = idx.search(q, k, full)
+        np.testing.assert_array_equal(cols2, want_c, err_msg=idx.kind)
+    assert (want_c >= 0).all()
+
+
+def test_deduplicated_index_survives_save_load_and_pickle(tmp_path):
+    import pickle
+    from reelrec.recall.ann import rows_path
+    v, rows = _repeated(900, 70, 16, 11)
+    q = clustered(10, 16, 12)
+    idx = ANNIndex.build(v, ANNConfig(exact_max=10))  # HNSW on the distinct rows
+    idx.save(tmp_path / "ann.faiss")
+    assert rows_path(tmp_path / "ann.faiss").exists()
+    back = ANNIndex.load(tmp_path / "ann.faiss")
+    assert back.kind == "hnsw" and back.distinct == 70 and back.size == 900
+    again = pickle.loads(pickle.dumps(back))
+    a = idx.search(q, 50)[0]
+    np.testing.assert_array_equal(back.search(q, 50)[0], a)
+    np.testing.assert_array_equal(again.search(q, 50)[0], a)
+
+
+def test_an_index_saved_before_the_dedupe_still_serves(tmp_path):
+    """An older version's index holds one row per title and no rows file: it is served as it is,
+    or rebuilt on the distinct rows when the title vectors are given and those are few."""
+    from reelrec.recall.ann import rows_path
+    v, rows = _repeated(600, 40, 8, 13)
+    q = clustered(12, 8, 14)
+    old = ANNIndex.build(v, dedupe=False)
+    assert old.distinct == old.size == 600
+    old.save(tmp_path / "ann.faiss")
+    rows_path(tmp_path / "ann.faiss").unlink()
+    from reelrec.recall.ann import recall_with_ties
+    want_c, want_s = _exact_with_ties(q, v, rows, None, 30)
+    served = ANNIndex.load(tmp_path / "ann.faiss")
+    assert served.distinct == 600
+    # exact, but FAISS picks arbitrarily among the titles tied at the 30th place
+    assert recall_with_ties(served.search(q, 30)[0], q, v, want_s) == 1.0
+    rebuilt = ANNIndex.load(tmp_path / "ann.faiss", vectors=v)
+    assert rebuilt.distinct == 40
+    np.testing.assert_array_equal(rebuilt.search(q, 30)[0], want_c)
+
+
+def test_recall_with_ties_counts_equal_scores():
+    from reelrec.recall.ann import recall_with_ties
+    v = np.array([[3, 0], [2, 0], [2, 0], [1, 0], [0, 0]], np.float32)
+    q = np.array([[1, 0]], np.float32)
+    exact_s = np.array([[3, 2]], np.float32)  # top 2: column 0 and one of the tied 1, 2
+    assert recall_with_ties(np.array([[0, 2]]), q, v, exact_s) == 1.0
+    assert recall_with_ties(np.array([[0, 3]]), q, v, exact_s) == 0.5
+    assert recall_with_ties(np.array([[1, 2]]), q, v, exact_s) == 1.0
+    assert recall_with_ties(np.array([[4, -1]]), q, v, exact_s) == 0.0

@@ -149,6 +149,30 @@ def test_version_round_trip_and_publish(tmp_path):
     assert row["ok"] and row["current"]
 
 
+def test_a_version_saved_before_the_ann_dedupe_still_loads_and_serves(tmp_path):
+    """Versions written before the ANN index held each distinct vector once have one index row
+    per title and no ann.rows.npy: they load (rebuilt on the distinct rows) and serve the same."""
+    import json
+
+    from reelrec.batch.versions import MANIFEST, _sha256
+    from reelrec.recall.ann import ANNIndex
+    s = _settings(tmp_path)
+    res = train(s, small_config())
+    assert "ann.rows.npy" in res.manifest["files"]
+    fresh = load_model(s, res.version)
+    folder = ModelStore(s.models_dir).path(res.version)
+    ANNIndex.build(fresh.art.item_factors, dedupe=False).save(folder / "ann.faiss")
+    (folder / "ann.rows.npy").unlink()
+    m = json.loads((folder / MANIFEST).read_text())
+    del m["files"]["ann.rows.npy"]
+    m["files"]["ann.faiss"] = {"sha256": _sha256(folder / "ann.faiss"), "bytes": (folder / "ann.faiss").stat().st_size}
+    (folder / MANIFEST).write_text(json.dumps(m))
+    older = load_model(s, res.version)
+    assert older.art.ann.size == 42 and older.art.ann.distinct == fresh.art.ann.distinct
+    rows = np.arange(12)
+    np.testing.assert_array_equal(older.recommend_rows(rows, 5), fresh.recommend_rows(rows, 5))
+
+
 def test_corrupt_or_half_written_version_is_refused(tmp_path):
     s = _settings(tmp_path)
     res = train(s, small_config())

@@ -599,7 +599,7 @@ def load_pipeline(folder, config: dict) -> Pipeline:
     cov = sp.load_npz(folder / "covisit.npz").tocsr()
     eb = np.load(folder / "ease.npy", allow_pickle=False) if (folder / "ease.npy").exists() else None
     art = Artifacts(arrays["title_ids"].astype(object), arrays["item_factors"], arrays["content"].astype(bool),
-                    cfg.als, ANNIndex.load(folder / "ann.faiss", cfg.ann), cov, stats, eb, float(arrays["ref_s"]))
+                    cfg.als, ANNIndex.load(folder / "ann.faiss", cfg.ann, arrays["item_factors"]), cov, stats, eb, float(arrays["ref_s"]))
     users = user_ids = None
     if "user_ids" in arrays:
         user_ids = arrays["user_ids"].astype(object)

@@ -12,7 +12,8 @@ Layout of ``<models>/<version>/``::
     arrays.npz               title vectors, user vectors, ids, statistics, user state
     covisit.npz              co-visitation (sparse)
     ease.npy                 EASE weights (small catalogs only)
-    ann.faiss                the FAISS index
+    ann.faiss                the FAISS index (each distinct title vector once)
+    ann.rows.npy             each title's row of the index (absent in versions before the dedupe)
     ranker.txt               the LightGBM model
 """
 
