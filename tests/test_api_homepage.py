@@ -66,3 +66,15 @@ def test_homepage_without_a_model_is_503(tmp_path):
     c = TestClient(create_app(load_settings(data_dir=tmp_path)))
     r = c.get("/v1/users/u/homepage")
     assert r.status_code == 503 and "Retry-After" in r.headers
+
+
+def test_a_running_app_has_its_model_loaded_and_the_heap_frozen_until_shutdown(tiny_world):
+    import gc
+    app = create_app(tiny_world, speed_layer=False, scheduler=False)
+    assert gc.get_freeze_count() == 0 and app.state.reader.serving() is None
+    with TestClient(app) as c:
+        # loaded before the first request, and out of the collector's full passes
+        assert app.state.reader.serving() == app.state.cache.current_version()
+        assert gc.get_freeze_count() > 10_000
+        assert c.get("/healthz").status_code == 200
+    assert gc.get_freeze_count() == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import time
 from typing import Annotated, Any, Literal
@@ -25,8 +26,11 @@ from reelrec.config import Settings, load_settings
 from reelrec.domain.catalog import Title
 from reelrec.domain.events import event_json_schema
 from reelrec.errors import Conflict, InvalidInput, NotFound, ReelrecError, Unavailable
+from reelrec.log import get_logger
 from reelrec.serve.auth import ApiKeys
 from reelrec.service import Services, ingest_events, upsert_title
+
+log = get_logger(__name__)
 
 
 # --- request / response models (separate from domain types) -----------------------------------
@@ -255,7 +259,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             worker.start()
         if schedule is not None:
             schedule.start()
+        await asyncio.to_thread(_settle_heap, app.state.reader, app.state.cache)
         yield
+        gc.unfreeze()
         if schedule is not None:
             schedule.stop()
         app.state.jobs.close()
@@ -557,6 +563,24 @@ class _UserRegions:
 
     def set(self, user_id: str, region: str) -> None:
         self._load()[user_id] = region
+
+
+def _settle_heap(reader, cache) -> None:
+    """Load the serving model, then move every object alive now (modules, the model, the app)
+    out of the garbage collector's reach with ``gc.freeze()``.
+
+    Requests leave a little cyclic garbage behind (the framework's task groups and streams), so
+    the collector runs during serving; left alone, each of its full passes walks the whole heap,
+    some 120 K objects once the model and its libraries are imported, and holds the GIL for about
+    100 ms: 1% of requests waited that long at any load (docs/benchmarks.md, Serving). Frozen,
+    a full pass walks only what was made since start-up. The lifespan unfreezes at shutdown, so a
+    process that builds several apps (the tests) still collects them."""
+    try:
+        reader.model(cache.current_version())
+    except ReelrecError as exc:  # no model or no cache yet: freeze what there is
+        log.info("no model to load before serving", error=str(exc))
+    gc.collect()
+    gc.freeze()
 
 
 def _check(fn) -> str:
