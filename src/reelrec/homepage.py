@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
@@ -30,7 +31,7 @@ from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.coldstart import ColdStartPriors
 from reelrec.compose.config import ComposeConfig
 from reelrec.compose.features import SOURCE, Candidates, CatalogFeatures, UserProfile, affinities
-from reelrec.compose.page import Assembler, decode_page, decode_shared, encode_page, encode_shared
+from reelrec.compose.page import Assembler, decode_page, decode_shared, encode_page, encode_shared, parse_page
 from reelrec.compose.shelves import (SHARED_TYPES, ComposedPage, SharedShelf, shared_key, build_shared_shelves, compose_fallback,
                                      compose_page, shared_keys)
 from reelrec.config import Settings
@@ -284,13 +285,32 @@ class ServingModel:
             got = self._shared_decoded[bytes(blob)] = decode_shared(blob)
         return got
 
+    def document_json(self, page: ComposedPage) -> bytes:
+        """``document`` as JSON bytes (``Assembler.json``)."""
+        region_shared = {k: self.shared[k] for k in shared_keys(page.region) if k in self.shared}
+        return self.assembler.json(page, self.version, region_shared)
+
     def assemble(self, user_id: str, blob: bytes, shared: Mapping[str, bytes | None],
                  region: str | None = None) -> dict:
         """The Page document from a cached page and the shelves read with it (``shelf_key``
         names); a shared shelf missing from the read falls back to this model's copy. A request
         ``region`` other than the page's brings that region's shared shelves (the personal shelves
         stay until the speed layer recomposes the page)."""
-        page = decode_page(blob, self.features, user_id)
+        page, region_shared = self._cached_page(decode_page(blob, self.features, user_id), shared, region)
+        return self.assembler.document(page, self.version, region_shared)
+
+    def assemble_json(self, user_id: str, blob: bytes, shared: Mapping[str, bytes | None],
+                      region: str | None = None) -> bytes:
+        """``assemble`` as JSON bytes, the same document byte for byte as ``orjson.dumps`` of
+        ``assemble``'s: the blob is parsed into lists and the document spliced from fragments
+        encoded once per model version (``Assembler.json``)."""
+        page, region_shared = self._cached_page(parse_page(blob, self.features, user_id), shared, region)
+        return self.assembler.json(page, self.version, region_shared)
+
+    def _cached_page(self, page: ComposedPage, shared: Mapping[str, bytes | None],
+                     region: str | None) -> tuple[ComposedPage, dict[str, SharedShelf]]:
+        """A page read from the cache, moved to the request's ``region``, and the region's
+        shared shelves from the read (this model's own where the read lacks one)."""
         if region and region != page.region:
             page.region = region
             for shelf in page.shelves:
@@ -303,7 +323,7 @@ class ServingModel:
                 region_shared[k] = self._decode_shared(got)
             elif k in self.shared:
                 region_shared[k] = self.shared[k]
-        return self.assembler.document(page, self.version, region_shared)
+        return page, region_shared
 
 
 def read_keys(user_id: str, region: str | None) -> list[str]:
@@ -418,29 +438,38 @@ class HomepageReader:
 
     async def aread(self, user_id: str, region: str | None = None, device: str | None = None,
                     hour: int | None = None) -> dict:
-        """``read`` for an event loop: the one cache read awaits the cache's asyncio client (no
-        worker thread per request); a model version this process has not loaded yet is loaded on
-        a worker thread, so the loop keeps serving while it loads. Assembly is CPU work of a
-        fraction of a millisecond and runs on the loop."""
+        """``read`` for an event loop (see ``aread_json``)."""
+        return orjson.loads((await self.aread_json(user_id, region, device, hour))[0])
+
+    async def aread_json(self, user_id: str, region: str | None = None, device: str | None = None,
+                         hour: int | None = None) -> tuple[bytes, str]:
+        """The Page document of ``user_id`` as JSON bytes, and its model version, for an event
+        loop: the one cache read awaits the cache's asyncio client (no worker thread per
+        request); a model version this process has not loaded yet is loaded on a worker thread,
+        so the loop keeps serving while it loads. Assembly is CPU work of a fraction of a
+        millisecond and runs on the loop: the cached page is parsed and its document spliced
+        from JSON fragments (``Assembler.json``)."""
         import asyncio
         try:
             got = await self.cache.aget_many(read_keys(user_id, region))
         except Unavailable as exc:
             if not self._models:
                 await asyncio.to_thread(self.model)
-            return self._fallback_page(user_id, region, exc)
+            return self._fallback_page(user_id, region, exc, as_json=True)
         if got.version not in self._models and got.version not in self._bad:
             await asyncio.to_thread(self.model, got.version)
-        return self._page(user_id, region, got, (), device, hour, False)
+        return self._page(user_id, region, got, (), device, hour, False, as_json=True)
 
-    def _fallback_page(self, user_id: str, region: str | None, exc: Exception) -> dict:
+    def _fallback_page(self, user_id: str, region: str | None, exc: Exception, as_json: bool = False):
         log.warning("cache unavailable; serving the fallback page", error=str(exc))
         self.on_read("error")
         model = self.model()
-        return model.document(model.fallback(user_id, region))
+        page = model.fallback(user_id, region)
+        return (model.document_json(page), model.version) if as_json else model.document(page)
 
     def _page(self, user_id: str, region: str | None, got, onboarding: tuple[str, ...],
-              device: str | None, hour: int | None, fresh: bool) -> dict:
+              device: str | None, hour: int | None, fresh: bool, as_json: bool = False):
+        """The document (``as_json``: its JSON bytes and model version) from a cache read."""
         model = self.model(got.version)
         if got.version is not None and model.version != got.version:
             # the published pages belong to a model this reader refused: serve the previous
@@ -458,7 +487,10 @@ class HomepageReader:
             self.on_read("miss")
             profile = UserProfile(user_id=user_id, region=region, onboarding_genres=onboarding,
                                   device=device, hour=hour)
-            return model.document(model.compose(profile, None))
+            page = model.compose(profile, None)
+            return (model.document_json(page), model.version) if as_json else model.document(page)
         self.on_read("hit")
         shared = dict(zip(read_keys(user_id, region)[1:], got.values[1:]))
+        if as_json:
+            return model.assemble_json(user_id, blob, shared, region), model.version
         return model.assemble(user_id, blob, shared, region)

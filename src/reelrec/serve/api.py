@@ -398,9 +398,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         """The user's page with one cache read; an unknown user gets the cold-start page for the
         request's region, device and hour. ``mode`` says which it is."""
         region = (region or app.state.user_regions.get(user_id) or "").upper() or None
-        doc = await reader.aread(user_id, region=region, device=device, hour=hour)
-        metrics.model_version.labels(doc["model_version"]).set(1)
-        return page_response(doc)
+        body, version = await reader.aread_json(user_id, region=region, device=device, hour=hour)
+        metrics.model_version.labels(version).set(1)
+        return Response(body, media_type="application/json")
 
     @app.put("/v1/users/{user_id}", tags=["users"], status_code=202,
              responses={422: {"model": ErrorResponse}}, **scoped("write"))
