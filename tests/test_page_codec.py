@@ -225,3 +225,22 @@ def test_bad_blobs_are_rejected_clearly(big):
     bad = ComposedPage("u", "sideways", None, NOW, [])
     with pytest.raises(InvalidInput, match="mode"):
         encode_page(bad, f)
+
+
+def test_scores_are_written_as_orjson_writes_them_rounded():
+    """The top picks' scores go out through a fast formatter where it is exact; any score,
+    quantised as the codec does or not, must come out as ``orjson.dumps(round(x, 6))``."""
+    import random
+    import struct
+
+    from reelrec.compose.page import _scores_json
+    rng = random.Random(5)
+    specials = [0.0, -0.0, 1e-3, -1e-3, 0.0015, 0.0025, 2.5e-7, 1e9 - 1e-7, 1e9, float("nan"), float("inf")]
+    for _ in range(5000):
+        mag = 10 ** rng.uniform(-5, 10)
+        lo = struct.unpack("f", struct.pack("f", rng.uniform(-mag, mag)))[0]
+        hi = struct.unpack("f", struct.pack("f", lo + rng.uniform(0, mag)))[0]
+        xs = [lo + rng.randint(0, 255) / 255.0 * (hi - lo) for _ in range(rng.randint(0, 20))]
+        if rng.random() < 0.1:
+            xs = [rng.choice(specials) for _ in xs]
+        assert _scores_json(xs) == (orjson.dumps([round(x, 6) for x in xs])[1:-1].split(b",") if xs else [])

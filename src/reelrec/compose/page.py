@@ -21,6 +21,7 @@ shelves ordered by other rules.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import struct
 from typing import Mapping
 
@@ -463,8 +464,7 @@ class Assembler:
                 body = joined
             elif s.type == TOP_PICKS:
                 titles = _ints(s.titles)
-                # the scores as orjson writes them in a list (a number holds no comma)
-                scores = orjson.dumps([round(x, 6) for x in _ints(s.scores)])[1:-1].split(b",")
+                scores = _scores_json(_ints(s.scores))
                 body = b",".join([titles_json[t] + tail[(k, c, a, region)] + sc + b"}" for t, k, c, a, sc in
                                   zip(titles, _ints(s.slots), _ints(s.reasons), _ints(s.reason_args), scores)])
             else:
@@ -486,6 +486,22 @@ class Assembler:
 
 
 _SHARED_CODE = {TRENDING: R.TRENDING, TOP10: R.TOP10, NEW: R.NEW_RELEASE, TOP10_GLOBAL: R.TOP10_GLOBAL}
+
+
+_TRAILING_ZEROS = re.compile(r"0+(?=,)")
+
+
+def _scores_json(scores: list[float]) -> list[bytes]:
+    """``orjson.dumps(round(x, 6))`` of each score, for a list of ~20 at a time.
+
+    ``round(x, 6)`` and ``"%.6f"`` round alike (correctly, to 6 decimals); for 1e-3 <= |x| < 1e9
+    that decimal has at most 15 significant digits, so it is the shortest that reads back as the
+    rounded float, which is what orjson writes, and a format of the whole list writes them all
+    at once. Other values (or NaN) take the slow road."""
+    if not all(1e-3 <= abs(x) < 1e9 for x in scores):
+        return orjson.dumps([round(x, 6) for x in scores])[1:-1].split(b",") if scores else []
+    text = _TRAILING_ZEROS.sub("", ("%.6f," * len(scores)) % tuple(scores)).replace(".,", ".0,")
+    return text.encode().split(b",")[:-1]
 
 
 def _ints(values) -> list:
