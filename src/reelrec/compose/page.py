@@ -90,6 +90,8 @@ class _Reader:
         if count == 0:
             return []
         seg = self.get(count * width)  # one shift of the long integer, then small ones
+        if width == 8:  # reasons and scores of top picks: the segment's bytes are the values
+            return list(seg.to_bytes(count, "big"))
         mask = (1 << width) - 1
         return [(seg >> (width * k)) & mask for k in range(count - 1, -1, -1)]
 
