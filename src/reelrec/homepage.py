@@ -450,15 +450,16 @@ class HomepageReader:
         millisecond and runs on the loop: the cached page is parsed and its document spliced
         from JSON fragments (``Assembler.json``)."""
         import asyncio
+        keys = read_keys(user_id, region)
         try:
-            got = await self.cache.aget_many(read_keys(user_id, region))
+            got = await self.cache.aget_many(keys)
         except Unavailable as exc:
             if not self._models:
                 await asyncio.to_thread(self.model)
             return self._fallback_page(user_id, region, exc, as_json=True)
         if got.version not in self._models and got.version not in self._bad:
             await asyncio.to_thread(self.model, got.version)
-        return self._page(user_id, region, got, (), device, hour, False, as_json=True)
+        return self._page(user_id, region, got, (), device, hour, False, as_json=True, keys=keys)
 
     def _fallback_page(self, user_id: str, region: str | None, exc: Exception, as_json: bool = False):
         log.warning("cache unavailable; serving the fallback page", error=str(exc))
@@ -468,17 +469,20 @@ class HomepageReader:
         return (model.document_json(page), model.version) if as_json else model.document(page)
 
     def _page(self, user_id: str, region: str | None, got, onboarding: tuple[str, ...],
-              device: str | None, hour: int | None, fresh: bool, as_json: bool = False):
-        """The document (``as_json``: its JSON bytes and model version) from a cache read."""
+              device: str | None, hour: int | None, fresh: bool, as_json: bool = False,
+              keys: list[str] | None = None):
+        """The document (``as_json``: its JSON bytes and model version) from a cache read of
+        ``keys`` (``read_keys``)."""
+        keys = keys or read_keys(user_id, region)
         model = self.model(got.version)
         if got.version is not None and model.version != got.version:
             # the published pages belong to a model this reader refused: serve the previous
             # model's own pages (page blobs index that model's titles), still in the cache. A
             # second, blocking read, also from aread: only while a refused version is published
-            got = self.cache.get_many(read_keys(user_id, region), version=model.version)
+            got = self.cache.get_many(keys, version=model.version)
         blob = got.values[0]
         if blob is not None and fresh:
-            doc = model.assemble(user_id, blob, dict(zip(read_keys(user_id, region)[1:], got.values[1:])),
+            doc = model.assemble(user_id, blob, dict(zip(keys[1:], got.values[1:])),
                                  region)
             if doc["mode"] == "personal":
                 return doc
@@ -490,7 +494,7 @@ class HomepageReader:
             page = model.compose(profile, None)
             return (model.document_json(page), model.version) if as_json else model.document(page)
         self.on_read("hit")
-        shared = dict(zip(read_keys(user_id, region)[1:], got.values[1:]))
+        shared = dict(zip(keys[1:], got.values[1:]))
         if as_json:
             return model.assemble_json(user_id, blob, shared, region), model.version
         return model.assemble(user_id, blob, shared, region)

@@ -177,6 +177,15 @@ class Metrics:
                                "age of the newest event the speed layer applied", registry=self.registry)
         self.model_version = Gauge("reelrec_model_info", "serving model version", ["version"],
                                    registry=self.registry)
+        # the children every homepage read updates, looked up once (``labels`` takes a lock)
+        self.cache_reads = {r: self.cache.labels(r) for r in ("hit", "miss", "error")}
+        self._served: set[str] = set()
+
+    def serving(self, version: str) -> None:
+        """Record that a page of model ``version`` was served (the gauge is 1 from then on)."""
+        if version not in self._served:
+            self.model_version.labels(version).set(1)
+            self._served.add(version)
 
 
 def _scope_dependency(scope: str):
@@ -383,7 +392,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     from reelrec.homepage import HomepageReader
     app.state.cache = cache = open_cache(settings.cache)
     app.state.reader = reader = HomepageReader(settings, cache,
-                                               on_read=lambda r: metrics.cache.labels(r).inc())
+                                               on_read=lambda r: metrics.cache_reads[r].inc())
     app.state.user_regions = _UserRegions(settings)
     if speed_layer is None:
         speed_layer = services.embedded
@@ -399,7 +408,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         request's region, device and hour. ``mode`` says which it is."""
         region = (region or app.state.user_regions.get(user_id) or "").upper() or None
         body, version = await reader.aread_json(user_id, region=region, device=device, hour=hour)
-        metrics.model_version.labels(version).set(1)
+        metrics.serving(version)
         return Response(body, media_type="application/json")
 
     @app.put("/v1/users/{user_id}", tags=["users"], status_code=202,
