@@ -425,8 +425,12 @@ class Assembler:
 
     # --- the document as JSON bytes --------------------------------------------------------
     def _encode_title(self, t: int) -> bytes:
-        """``{"title_id":...,"genres":[...]`` : an item's JSON up to its per-read fields."""
-        return orjson.dumps(self._title_fields(t))[:-1]
+        """``{"title_id":...,"genres":[...]`` : an item's JSON up to its per-read fields. Only
+        the bytes are kept: a catalog's worth of cached dicts would be objects for every pass
+        of the garbage collector to walk."""
+        genres = [self.f.genre_names[i] for i in self.f.title_genres[t]]
+        return orjson.dumps({"title_id": self._ids[t], "name": self._names[t], "kind": self._kinds[t],
+                             "genres": genres})[:-1]
 
     def _encode_tail(self, key: tuple[int, int, int, str | None]) -> bytes:
         """``,"slot_kind":...,"reason":...,"score":`` : an item's JSON after its title's fields,
