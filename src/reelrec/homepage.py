@@ -14,6 +14,7 @@ everywhere: ``profiles_from_interactions``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -317,8 +318,8 @@ class ServingModel:
                 if shelf.type in SHARED_TYPES:
                     shelf.key = shared_key(shelf.type, region)
         region_shared: dict[str, SharedShelf] = {}
-        for k in shared_keys(page.region):
-            got = shared.get(shelf_key(k))
+        for k, sk in _region_keys(page.region):
+            got = shared.get(sk)
             if got is not None:
                 region_shared[k] = self._decode_shared(got)
             elif k in self.shared:
@@ -328,7 +329,13 @@ class ServingModel:
 
 def read_keys(user_id: str, region: str | None) -> list[str]:
     """The keys of one homepage read: the user's page and the region's shared shelves."""
-    return [page_key(user_id)] + [shelf_key(k) for k in shared_keys(region)]
+    return [page_key(user_id), *(sk for _, sk in _region_keys(region))]
+
+
+@functools.lru_cache(maxsize=4096)  # a few per region, wanted twice by every read
+def _region_keys(region: str | None) -> tuple[tuple[str, str], ...]:
+    """The region's shared shelves: (``shared_key``, its cache key ``shelf_key``) each."""
+    return tuple((k, shelf_key(k)) for k in shared_keys(region))
 
 
 def model_path(settings: Settings, version: str) -> Path:

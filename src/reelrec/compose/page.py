@@ -315,6 +315,7 @@ class Assembler:
         # object lives as long as its model): a title's fields, an item's fields after them, a
         # shelf's header. Bounded like the reasons: by titles, and codes x arguments x regions.
         self._title_json = _Memo(self._encode_title)
+        # keyed by ((reason arg + 1) << 6 | reason code << 2 | slot, region): one small int
         self._item_tail = _Memo(self._encode_tail, limit=100_000)
         self._header_json = _Memo(self._encode_header, limit=100_000)
 
@@ -432,10 +433,11 @@ class Assembler:
         return orjson.dumps({"title_id": self._ids[t], "name": self._names[t], "kind": self._kinds[t],
                              "genres": genres})[:-1]
 
-    def _encode_tail(self, key: tuple[int, int, int, str | None]) -> bytes:
+    def _encode_tail(self, key: tuple[int, str | None]) -> bytes:
         """``,"slot_kind":...,"reason":...,"score":`` : an item's JSON after its title's fields,
         up to its score."""
-        slot, code, arg, region = key
+        packed, region = key
+        slot, code, arg = packed & 3, (packed >> 2) & 15, (packed >> 6) - 1
         return b',"slot_kind":' + orjson.dumps(SLOT_KINDS[slot]) + b',"reason":' + orjson.dumps(
             self.reason(code, arg, region)) + b',"score":'
 
@@ -471,13 +473,14 @@ class Assembler:
             elif s.type == TOP_PICKS:
                 titles = _ints(s.titles)
                 scores = _scores_json(_ints(s.scores))
-                body = b",".join([titles_json[t] + tail[(k, c, a, region)] + sc + b"}" for t, k, c, a, sc in
-                                  zip(titles, _ints(s.slots), _ints(s.reasons), _ints(s.reason_args), scores)])
+                body = b",".join([titles_json[t] + tail[((a + 1) << 6 | c << 2 | k, region)] + sc + b"}"
+                                  for t, k, c, a, sc in zip(titles, _ints(s.slots), _ints(s.reasons),
+                                                            _ints(s.reason_args), scores)])
             else:
                 titles = _ints(s.titles)
                 if not titles:
                     continue
-                end = tail[(0, s.reason, s.reason_arg, region)] + b"null}"
+                end = tail[((s.reason_arg + 1) << 6 | s.reason << 2, region)] + b"null}"
                 body = (end + b",").join(map(titles_json.__getitem__, titles)) + end
             out.append(header[(s.type, s.arg, region)] + body + b"]}")
         return b"".join((b'{"user_id":', orjson.dumps(page.user_id), b',"model_version":',
