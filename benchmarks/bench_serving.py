@@ -12,6 +12,9 @@ Baselines, measured in the same run and interleaved with the homepage runs:
   homepage's own shape (an async route with its path and query parameters, scope check, middleware, the same
   ``page_response`` JSON encoding) with one user's page document captured at start, i.e. a
   homepage without its cache read and page assembly; the load cycles over the same user ids;
+* the bytes floor: the same route answering the same page as bytes encoded once at start
+  (``/bench/constant-bytes/{user_id}``), i.e. the floor without its per-request JSON encoding,
+  which the homepage no longer does either (it splices pre-encoded fragments); memory server;
 * ``/healthz``, the same server answering a tiny constant JSON;
 * ``redis-benchmark`` sending the homepage's own ``MGET`` (version pointer, user page, the
   region's shelves) to the same Redis, with as many connections: Redis's floor.
@@ -59,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import free_port, say, wait_port  # noqa: E402
 
 CONSTANT = "/bench/constant-page"  # + "/{user_id}"
+CONSTANT_BYTES = "/bench/constant-bytes"  # the same page, encoded once at start
 
 
 
@@ -88,6 +92,7 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
 def serve(data: Path, cache_url: str, port: int) -> None:
     """The API as ``reelrec serve`` builds it, plus the floor route."""
     import uvicorn
+    from fastapi.responses import Response
 
     from reelrec.config import load_settings
     from reelrec.domain.users import load_users
@@ -108,6 +113,15 @@ def serve(data: Path, cache_url: str, port: int) -> None:
                             hour: Annotated[int | None, Query(ge=0, le=23)] = None,
                             region: Annotated[str | None, Query(min_length=1, max_length=8)] = None):
         return page_response(doc)
+
+    body = page_response(doc).body
+
+    @app.get(CONSTANT_BYTES + "/{user_id}", response_model=PageOut, **scoped("read"))
+    async def constant_bytes(user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
+                             device: Literal["tv", "mobile", "tablet", "web"] | None = None,
+                             hour: Annotated[int | None, Query(ge=0, le=23)] = None,
+                             region: Annotated[str | None, Query(min_length=1, max_length=8)] = None):
+        return Response(body, media_type="application/json")
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -498,6 +512,7 @@ def main() -> None:
         rng = np.random.default_rng(args.seed)
         paths = [paths[i] for i in rng.permutation(len(paths))]
         floor_paths = [p.replace("/v1/users/", CONSTANT + "/").removesuffix("/homepage") for p in paths]
+        bytes_paths = [p.replace(CONSTANT, CONSTANT_BYTES) for p in floor_paths]
 
         redis_proc, rport, workdir = start_redis()
         raw = redis.Redis(port=rport)
@@ -531,6 +546,7 @@ def main() -> None:
                     r.raise_for_status()
                     modes[r.json()["mode"]] = modes.get(r.json()["mode"], 0) + 1
                 assert c.get(floor_paths[0]).status_code == 200
+                assert c.get(bytes_paths[0]).content == c.get(floor_paths[0]).content
             rep.value(f"API RSS before the load, {name} cache (model loaded, 50 pages served)",
                       rss_mib(proc.pid), "MiB")
         rep.detail("modes_of_first_pages", modes)
@@ -551,6 +567,7 @@ def main() -> None:
             for name, (_, port) in servers.items():
                 load(port, paths, 1, C, tmp)
                 load(port, floor_paths, 1, C, tmp)
+            load(servers["memory"][1], bytes_paths, 1, C, tmp)
         for r in range(repeats):
             say(f"-- round {r + 1}/{repeats}: {seconds:.0f} s per run")
             for name, (proc, port) in servers.items():
@@ -564,6 +581,13 @@ def main() -> None:
                     runs.setdefault(label, []).append(res)
                     say(f"  {label:18s} {res['rps']:8,.0f} req/s  p50 {res['p50']:6.2f} ms  "
                         f"p99 {res['p99']:6.2f} ms  CPU {res['cpu_ms']:.2f} ms/req  errors {res['errors']}")
+            proc, port = servers["memory"]
+            c0 = cpu_s(proc.pid)
+            res = load(port, bytes_paths, seconds, C, tmp)
+            res["cpu_ms"] = (cpu_s(proc.pid) - c0) * 1e3 / max(1, res["requests"])
+            runs.setdefault("memory: bytes floor", []).append(res)
+            say(f"  {'bytes floor':18s} {res['rps']:8,.0f} req/s  p50 {res['p50']:6.2f} ms  "
+                f"CPU {res['cpu_ms']:.2f} ms/req")
             res = load(servers["memory"][1], ["/healthz"], seconds, C, tmp)
             runs.setdefault("healthz", []).append(res)
             say(f"  {'/healthz':18s} {res['rps']:8,.0f} req/s  p50 {res['p50']:6.2f} ms")
@@ -589,6 +613,8 @@ def main() -> None:
             rows(f"{name}: homepage", f"GET homepage, {name} cache, {C} connections")
             rows(f"{name}: floor", f"baseline (floor): the same app returning a constant page, {name} "
                                    f"server", baseline=True)
+        rows("memory: bytes floor", "baseline (bytes floor): the same app returning the constant page "
+                                    "as bytes encoded once, memory server", baseline=True)
         rows("healthz", "baseline: GET /healthz (tiny constant JSON), memory server", baseline=True)
         rows("redis-benchmark MGET", f"baseline: redis-benchmark MGET of the homepage's {len(keys)} keys,"
                                      f" same Redis, {C} connections", baseline=True)
@@ -602,6 +628,12 @@ def main() -> None:
                      f"({cpu['homepage']:.2f} ms against {cpu['floor']:.2f} ms), which the "
                      f"machine's other load does not change, the homepage runs at "
                      f"{cpu['floor'] / cpu['homepage']:.0%} of the floor's rate.")
+        bcpu = statistics.median(x["cpu_ms"] for x in runs["memory: bytes floor"])
+        for name in servers:
+            hcpu = statistics.median(x["cpu_ms"] for x in runs[f"{name}: homepage"])
+            rep.note(f"{name} cache against the bytes floor (the constant page encoded once, "
+                     f"{bcpu:.2f} ms of CPU a request): the homepage runs at {bcpu / hcpu:.0%} of "
+                     f"its rate by CPU per request.")
         rep.note(f"Load generator: {gen}, {C} connections, {seconds:.0f} s per run, {repeats} interleaved "
                  f"round(s); homepages cycle over all {len(paths):,} users. Non-2xx or socket errors "
                  f"over all runs: {errors}.")

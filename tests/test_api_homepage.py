@@ -66,3 +66,31 @@ def test_homepage_without_a_model_is_503(tmp_path):
     c = TestClient(create_app(load_settings(data_dir=tmp_path)))
     r = c.get("/v1/users/u/homepage")
     assert r.status_code == 503 and "Retry-After" in r.headers
+
+
+def test_a_running_app_has_its_model_loaded_and_the_heap_frozen_until_shutdown(tiny_world):
+    import gc
+    app = create_app(tiny_world, speed_layer=False, scheduler=False)
+    assert gc.get_freeze_count() == 0 and app.state.reader.serving() is None
+    with TestClient(app) as c:
+        # loaded before the first request, and out of the collector's full passes
+        assert app.state.reader.serving() == app.state.cache.current_version()
+        assert gc.get_freeze_count() > 10_000
+        assert c.get("/healthz").status_code == 200
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_homepage_route_answers_the_readers_document_byte_for_byte(client, tiny_world):
+    """The route splices its JSON from fragments (``aread_json``); it must be the document
+    ``read`` builds, encoded, for every user, in their own region and in another."""
+    import orjson
+    reader = client.app.state.reader
+    users = load_users(tiny_world.data_dir).select(["user_id", "region"]).to_pylist()
+    modes = set()
+    for k, u in enumerate(users):
+        for region in (u["region"], "KR")[: 1 + (k % 3 == 0)]:
+            r = client.get(f"/v1/users/{u['user_id']}/homepage", params={"region": region})
+            doc = reader.read(u["user_id"], region=region)
+            assert r.content == orjson.dumps(doc)
+            modes.add(doc["mode"])
+    assert "personal" in modes

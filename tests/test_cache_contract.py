@@ -251,3 +251,47 @@ def test_bad_urls_are_invalid_input(url, field):
     with pytest.raises(InvalidInput) as e:
         open_cache(url)
     assert e.value.errors[0].field == field
+
+
+def test_concurrent_async_reads_on_one_connection_each_get_their_own_values(redis_url):
+    """The read path pipelines commands on one connection per event loop: replies must reach
+    the reads that sent them, whatever their number and interleaving."""
+    import asyncio
+    c = open_cache(redis_url)
+    items = pages("v1", range(400))
+    c.put(items, version="v1")
+    c.publish("v1")
+    keys = list(items)
+
+    async def main():
+        reads = [c.aget_many(keys[i:i + 1 + i % 7]) for i in range(len(keys))]
+        got = await asyncio.gather(*reads)
+        await c.aclose()
+        return got
+    for i, read in enumerate(asyncio.run(main())):
+        assert read.version == "v1" and read.values == [items[k] for k in keys[i:i + 1 + i % 7]]
+    c.close()
+
+
+def test_async_reads_authenticate_and_select_the_urls_database(redis_server):
+    import asyncio
+
+    import redis
+    admin = redis.Redis.from_url(f"{redis_server}/0")
+    admin.execute_command("ACL", "SETUSER", "pages", "on", ">s3cret", "~*", "+@all")
+    host = redis_server.removeprefix("redis://")
+    try:
+        c = open_cache(f"redis://pages:s3cret@{host}/5")
+        c.put(pages("in-db-5", range(3)), version="in-db-5")
+        c.publish("in-db-5")
+        got = asyncio.run(c.aget_many([page_key("2")]))
+        assert got == ("in-db-5", [b"in-db-5|page-of-2"])
+        assert redis.Redis.from_url(f"{redis_server}/5").get("rr:c:cur") == b"in-db-5"
+        assert admin.get("rr:c:cur") != b"in-db-5"  # database 0 is another one
+        with pytest.raises(Unavailable, match="WRONGPASS|invalid"):
+            asyncio.run(open_cache(f"redis://pages:wrong@{host}/5").aget_many([page_key("2")]))
+        c.close()
+    finally:
+        admin.execute_command("ACL", "DELUSER", "pages")
+        redis.Redis.from_url(f"{redis_server}/5").flushdb()
+        admin.close()

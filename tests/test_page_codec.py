@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ from reelrec.compose import (ColdStartPriors, ThompsonBandit, UserProfile, build
                              compose_page)
 from reelrec.compose import reasons as R
 from reelrec.compose.page import (Assembler, decode_page, decode_shared, encode_page, encode_shared,
-                                  referenced_keys)
+                                  parse_page, referenced_keys)
 from reelrec.compose.shelves import (BECAUSE, CONTINUE, GENRE, KIND, ONBOARDING, TOP10, TOP_PICKS, TRENDING,
                                      ComposedPage, Shelf, shared_key)
 from reelrec.compose.testing import random_candidates, random_features, random_profile
@@ -152,6 +153,39 @@ def pages(draw):
                         np.asarray(draw(titles), np.int64))
 
 
+def assert_json_is_the_document(a: Assembler, page: ComposedPage, shared) -> None:
+    """``Assembler.json`` writes ``orjson.dumps(document)`` byte for byte, from the composed
+    page and from its blob parsed into lists, with shared shelves as objects or as bytes."""
+    f = a.f
+    assert a.json(page, "v1", shared) == orjson.dumps(a.document(page, "v1", shared))
+    blob = encode_page(page, f)
+    as_bytes = {k: encode_shared(v, f) for k, v in shared.items()}
+    for sh in (shared, as_bytes):
+        want = orjson.dumps(a.decode(blob, page.user_id, "v1", sh))
+        assert a.json(parse_page(blob, f, page.user_id), "v1", sh) == want
+    # the reads that follow hit the fragments encoded by the first
+    assert a.json(parse_page(blob, f, page.user_id), "v1", shared) == want
+
+
+def test_json_is_the_document_byte_for_byte(big):
+    f, shared, cold, _ = big
+    a = Assembler(f)
+    for seed in range(12):
+        assert_json_is_the_document(a, typical_page(big, seed), shared)
+    # hidden titles in a shared shelf, a cold-start page, a fallback page, a shelf missing
+    rng = np.random.default_rng(1)
+    p = random_profile(f, rng, user_id="u\u00e9\"")
+    p.thumbs_down = np.concatenate([p.thumbs_down, shared[shared_key(TRENDING, "IN")].titles[:2]])
+    page = compose_page(f, p, random_candidates(f, rng), shared=shared, cold=cold, rng=rng, now=NOW)
+    assert len(page.hidden)
+    assert_json_is_the_document(a, page, shared)
+    u = UserProfile("new", region="IN", onboarding_genres=["comedy", "k-drama", "crime"])
+    assert_json_is_the_document(a, compose_page(f, u, None, cold=cold, shared=shared,
+                                                rng=np.random.default_rng(0), now=NOW), shared)
+    assert_json_is_the_document(a, compose_fallback(f, "u9", "IN", shared, now=NOW), shared)
+    assert_json_is_the_document(a, typical_page(big, 5), {})
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(pages())
 def test_any_page_round_trips(big, page):
@@ -168,6 +202,7 @@ def test_any_page_round_trips(big, page):
         elif c == R.KIND:
             top.reason_args[j] = j % 3
     assert_same(page, decode_page(encode_page(page, f), f))
+    assert_json_is_the_document(Assembler(f), page, big[1])
 
 
 def test_fallback_page_comes_from_shared_shelves(big):
@@ -190,3 +225,22 @@ def test_bad_blobs_are_rejected_clearly(big):
     bad = ComposedPage("u", "sideways", None, NOW, [])
     with pytest.raises(InvalidInput, match="mode"):
         encode_page(bad, f)
+
+
+def test_scores_are_written_as_orjson_writes_them_rounded():
+    """The top picks' scores go out through a fast formatter where it is exact; any score,
+    quantised as the codec does or not, must come out as ``orjson.dumps(round(x, 6))``."""
+    import random
+    import struct
+
+    from reelrec.compose.page import _scores_json
+    rng = random.Random(5)
+    specials = [0.0, -0.0, 1e-3, -1e-3, 0.0015, 0.0025, 2.5e-7, 1e9 - 1e-7, 1e9, float("nan"), float("inf")]
+    for _ in range(5000):
+        mag = 10 ** rng.uniform(-5, 10)
+        lo = struct.unpack("f", struct.pack("f", rng.uniform(-mag, mag)))[0]
+        hi = struct.unpack("f", struct.pack("f", lo + rng.uniform(0, mag)))[0]
+        xs = [lo + rng.randint(0, 255) / 255.0 * (hi - lo) for _ in range(rng.randint(0, 20))]
+        if rng.random() < 0.1:
+            xs = [rng.choice(specials) for _ in xs]
+        assert _scores_json(xs) == (orjson.dumps([round(x, 6) for x in xs])[1:-1].split(b",") if xs else [])

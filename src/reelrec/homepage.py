@@ -14,12 +14,14 @@ everywhere: ``profiles_from_interactions``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
@@ -30,7 +32,7 @@ from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.coldstart import ColdStartPriors
 from reelrec.compose.config import ComposeConfig
 from reelrec.compose.features import SOURCE, Candidates, CatalogFeatures, UserProfile, affinities
-from reelrec.compose.page import Assembler, decode_page, decode_shared, encode_page, encode_shared
+from reelrec.compose.page import Assembler, decode_page, decode_shared, encode_page, encode_shared, parse_page
 from reelrec.compose.shelves import (SHARED_TYPES, ComposedPage, SharedShelf, shared_key, build_shared_shelves, compose_fallback,
                                      compose_page, shared_keys)
 from reelrec.config import Settings
@@ -284,31 +286,56 @@ class ServingModel:
             got = self._shared_decoded[bytes(blob)] = decode_shared(blob)
         return got
 
+    def document_json(self, page: ComposedPage) -> bytes:
+        """``document`` as JSON bytes (``Assembler.json``)."""
+        region_shared = {k: self.shared[k] for k in shared_keys(page.region) if k in self.shared}
+        return self.assembler.json(page, self.version, region_shared)
+
     def assemble(self, user_id: str, blob: bytes, shared: Mapping[str, bytes | None],
                  region: str | None = None) -> dict:
         """The Page document from a cached page and the shelves read with it (``shelf_key``
         names); a shared shelf missing from the read falls back to this model's copy. A request
         ``region`` other than the page's brings that region's shared shelves (the personal shelves
         stay until the speed layer recomposes the page)."""
-        page = decode_page(blob, self.features, user_id)
+        page, region_shared = self._cached_page(decode_page(blob, self.features, user_id), shared, region)
+        return self.assembler.document(page, self.version, region_shared)
+
+    def assemble_json(self, user_id: str, blob: bytes, shared: Mapping[str, bytes | None],
+                      region: str | None = None) -> bytes:
+        """``assemble`` as JSON bytes, the same document byte for byte as ``orjson.dumps`` of
+        ``assemble``'s: the blob is parsed into lists and the document spliced from fragments
+        encoded once per model version (``Assembler.json``)."""
+        page, region_shared = self._cached_page(parse_page(blob, self.features, user_id), shared, region)
+        return self.assembler.json(page, self.version, region_shared)
+
+    def _cached_page(self, page: ComposedPage, shared: Mapping[str, bytes | None],
+                     region: str | None) -> tuple[ComposedPage, dict[str, SharedShelf]]:
+        """A page read from the cache, moved to the request's ``region``, and the region's
+        shared shelves from the read (this model's own where the read lacks one)."""
         if region and region != page.region:
             page.region = region
             for shelf in page.shelves:
                 if shelf.type in SHARED_TYPES:
                     shelf.key = shared_key(shelf.type, region)
         region_shared: dict[str, SharedShelf] = {}
-        for k in shared_keys(page.region):
-            got = shared.get(shelf_key(k))
+        for k, sk in _region_keys(page.region):
+            got = shared.get(sk)
             if got is not None:
                 region_shared[k] = self._decode_shared(got)
             elif k in self.shared:
                 region_shared[k] = self.shared[k]
-        return self.assembler.document(page, self.version, region_shared)
+        return page, region_shared
 
 
 def read_keys(user_id: str, region: str | None) -> list[str]:
     """The keys of one homepage read: the user's page and the region's shared shelves."""
-    return [page_key(user_id)] + [shelf_key(k) for k in shared_keys(region)]
+    return [page_key(user_id), *(sk for _, sk in _region_keys(region))]
+
+
+@functools.lru_cache(maxsize=4096)  # a few per region, wanted twice by every read
+def _region_keys(region: str | None) -> tuple[tuple[str, str], ...]:
+    """The region's shared shelves: (``shared_key``, its cache key ``shelf_key``) each."""
+    return tuple((k, shelf_key(k)) for k in shared_keys(region))
 
 
 def model_path(settings: Settings, version: str) -> Path:
@@ -418,38 +445,51 @@ class HomepageReader:
 
     async def aread(self, user_id: str, region: str | None = None, device: str | None = None,
                     hour: int | None = None) -> dict:
-        """``read`` for an event loop: the one cache read awaits the cache's asyncio client (no
-        worker thread per request); a model version this process has not loaded yet is loaded on
-        a worker thread, so the loop keeps serving while it loads. Assembly is CPU work of a
-        fraction of a millisecond and runs on the loop."""
+        """``read`` for an event loop (see ``aread_json``)."""
+        return orjson.loads((await self.aread_json(user_id, region, device, hour))[0])
+
+    async def aread_json(self, user_id: str, region: str | None = None, device: str | None = None,
+                         hour: int | None = None) -> tuple[bytes, str]:
+        """The Page document of ``user_id`` as JSON bytes, and its model version, for an event
+        loop: the one cache read awaits the cache's asyncio client (no worker thread per
+        request); a model version this process has not loaded yet is loaded on a worker thread,
+        so the loop keeps serving while it loads. Assembly is CPU work of a fraction of a
+        millisecond and runs on the loop: the cached page is parsed and its document spliced
+        from JSON fragments (``Assembler.json``)."""
         import asyncio
+        keys = read_keys(user_id, region)
         try:
-            got = await self.cache.aget_many(read_keys(user_id, region))
+            got = await self.cache.aget_many(keys)
         except Unavailable as exc:
             if not self._models:
                 await asyncio.to_thread(self.model)
-            return self._fallback_page(user_id, region, exc)
+            return self._fallback_page(user_id, region, exc, as_json=True)
         if got.version not in self._models and got.version not in self._bad:
             await asyncio.to_thread(self.model, got.version)
-        return self._page(user_id, region, got, (), device, hour, False)
+        return self._page(user_id, region, got, (), device, hour, False, as_json=True, keys=keys)
 
-    def _fallback_page(self, user_id: str, region: str | None, exc: Exception) -> dict:
+    def _fallback_page(self, user_id: str, region: str | None, exc: Exception, as_json: bool = False):
         log.warning("cache unavailable; serving the fallback page", error=str(exc))
         self.on_read("error")
         model = self.model()
-        return model.document(model.fallback(user_id, region))
+        page = model.fallback(user_id, region)
+        return (model.document_json(page), model.version) if as_json else model.document(page)
 
     def _page(self, user_id: str, region: str | None, got, onboarding: tuple[str, ...],
-              device: str | None, hour: int | None, fresh: bool) -> dict:
+              device: str | None, hour: int | None, fresh: bool, as_json: bool = False,
+              keys: list[str] | None = None):
+        """The document (``as_json``: its JSON bytes and model version) from a cache read of
+        ``keys`` (``read_keys``)."""
+        keys = keys or read_keys(user_id, region)
         model = self.model(got.version)
         if got.version is not None and model.version != got.version:
             # the published pages belong to a model this reader refused: serve the previous
             # model's own pages (page blobs index that model's titles), still in the cache. A
             # second, blocking read, also from aread: only while a refused version is published
-            got = self.cache.get_many(read_keys(user_id, region), version=model.version)
+            got = self.cache.get_many(keys, version=model.version)
         blob = got.values[0]
         if blob is not None and fresh:
-            doc = model.assemble(user_id, blob, dict(zip(read_keys(user_id, region)[1:], got.values[1:])),
+            doc = model.assemble(user_id, blob, dict(zip(keys[1:], got.values[1:])),
                                  region)
             if doc["mode"] == "personal":
                 return doc
@@ -458,7 +498,10 @@ class HomepageReader:
             self.on_read("miss")
             profile = UserProfile(user_id=user_id, region=region, onboarding_genres=onboarding,
                                   device=device, hour=hour)
-            return model.document(model.compose(profile, None))
+            page = model.compose(profile, None)
+            return (model.document_json(page), model.version) if as_json else model.document(page)
         self.on_read("hit")
-        shared = dict(zip(read_keys(user_id, region)[1:], got.values[1:]))
+        shared = dict(zip(keys[1:], got.values[1:]))
+        if as_json:
+            return model.assemble_json(user_id, blob, shared, region), model.version
         return model.assemble(user_id, blob, shared, region)

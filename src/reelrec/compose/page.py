@@ -21,10 +21,12 @@ shelves ordered by other rules.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import struct
 from typing import Mapping
 
 import numpy as np
+import orjson
 
 from reelrec.compose import reasons as R
 from reelrec.compose.features import CatalogFeatures
@@ -92,12 +94,17 @@ class _Reader:
         self.pos = end
         return (self.acc >> (self.total - end)) & ((1 << width) - 1)
 
-    def array(self, count: int, width: int) -> np.ndarray:
+    def ints(self, count: int, width: int) -> list[int]:
         if count == 0:
-            return np.zeros(0, np.int64)
+            return []
         seg = self.get(count * width)  # one shift of the long integer, then small ones
+        if width == 8:  # reasons and scores of top picks: the segment's bytes are the values
+            return list(seg.to_bytes(count, "big"))
         mask = (1 << width) - 1
-        return np.asarray([(seg >> (width * k)) & mask for k in range(count - 1, -1, -1)], dtype=np.int64)
+        return [(seg >> (width * k)) & mask for k in range(count - 1, -1, -1)]
+
+    def array(self, count: int, width: int) -> np.ndarray:
+        return np.asarray(self.ints(count, width), dtype=np.int64)
 
     def raw(self, n: int) -> bytes:
         return self.get(8 * n).to_bytes(n, "big")
@@ -189,6 +196,25 @@ def decode_page(blob: bytes, features: CatalogFeatures, user_id: str = "") -> Co
     Raises:
         InvalidInput: a blob of another format version or a truncated one.
     """
+    page = parse_page(blob, features, user_id)
+    for s in page.shelves:
+        s.titles = np.asarray(s.titles, np.int64)
+        if s.type == TOP_PICKS:
+            s.slots = np.asarray(s.slots, np.uint8)
+            s.reasons = np.asarray(s.reasons, np.uint8)
+            s.reason_args = np.asarray(s.reason_args, np.int64)
+            s.scores = np.asarray(s.scores, np.float64)
+    page.hidden = np.asarray(page.hidden, np.int64)
+    return page
+
+
+def parse_page(blob: bytes, features: CatalogFeatures, user_id: str = "") -> ComposedPage:
+    """``decode_page`` with Python lists where the page holds arrays: what a read needs to
+    write the document (``Assembler.json``), without a numpy call per field.
+
+    Raises:
+        InvalidInput: a blob of another format version or a truncated one.
+    """
     r = _Reader(blob)
     version = r.get(8)
     if version != VERSION:
@@ -201,7 +227,7 @@ def decode_page(blob: bytes, features: CatalogFeatures, user_id: str = "") -> Co
     for _ in range(r.get(5)):
         t = r.get(4)
         if t in SHARED_TYPES:
-            shelves.append(Shelf(type=t, titles=np.zeros(0, np.int64), key=shared_key(t, region)))
+            shelves.append(Shelf(type=t, titles=[], key=shared_key(t, region)))
             continue
         arg = -1
         if t == BECAUSE:
@@ -210,28 +236,30 @@ def decode_page(blob: bytes, features: CatalogFeatures, user_id: str = "") -> Co
             arg = r.get(8)
         elif t == KIND:
             arg = r.get(2)
-        titles = r.array(r.get(_COUNT_BITS), b)
+        titles = r.ints(r.get(_COUNT_BITS), b)
         s = Shelf(type=t, titles=titles, arg=arg)
         if t == TOP_PICKS:
             _decode_top(r, s, features, b)
         else:
             s.reason, s.reason_arg = _ROW_REASON[t], (-1 if t == CONTINUE else arg)
         shelves.append(s)
-    hidden = r.array(r.get(_COUNT_BITS), b)
+    hidden = r.ints(r.get(_COUNT_BITS), b)
     return ComposedPage(user_id=user_id, mode=mode, region=region,
                         generated_at=dt.datetime.fromtimestamp(ts, dt.timezone.utc), shelves=shelves,
                         hidden=hidden)
 
 
 def _decode_top(r: _Reader, s: Shelf, features: CatalogFeatures, b: int) -> None:
+    """The top picks' per-item fields, as lists (``decode_page`` makes them arrays)."""
     n = len(s.titles)
-    s.slots = r.array(n, 2).astype(np.uint8)
-    anchors = r.array(r.get(4), b).tolist()
-    packed = r.array(n, 8)
-    codes = (packed >> 4).astype(np.uint8)
+    s.slots = r.ints(n, 2)
+    anchors = r.ints(r.get(4), b)
+    packed = r.ints(n, 8)
+    codes = [p >> 4 for p in packed]
     args = [-1] * n
     # per item in Python ints (a page has ~20): numpy scalar indexing would cost more than the work
-    for j, (c, p, t) in enumerate(zip(codes.tolist(), (packed & 15).tolist(), s.titles.tolist())):
+    for j, (c, p, t) in enumerate(zip(codes, packed, s.titles)):
+        p &= 15
         if p == NONE_NIBBLE:
             continue
         if c in R.GENRE_ARG:
@@ -241,10 +269,11 @@ def _decode_top(r: _Reader, s: Shelf, features: CatalogFeatures, b: int) -> None
             args[j] = anchors[p] if p < len(anchors) else -1
         else:
             args[j] = p
-    s.reasons, s.reason_args = codes, np.asarray(args, np.int64)
+    s.reasons, s.reason_args = codes, args
     lo, hi = struct.unpack(">ff", r.raw(8))
-    q = r.array(n, 8)
-    s.scores = lo + q / 255.0 * (hi - lo)
+    span = hi - lo
+    # the same float64 operations, in the same order, as numpy's lo + q / 255.0 * (hi - lo)
+    s.scores = [lo + q / 255.0 * span for q in r.ints(n, 8)]
 
 
 # --- shared shelves -------------------------------------------------------------------------
@@ -288,7 +317,15 @@ class Assembler:
         # per decoded shelf and region (keyed by the shelf object, which callers reuse while its
         # cached bytes do not change). Both stay small: bounded by codes x arguments x regions.
         self._reasons: dict[tuple[int, int, str | None], str] = {}
-        self._shared_items: dict[int, tuple[object, str | None, list[int], list[dict]]] = {}
+        self._shared_items: dict[int, tuple[object, str | None, list[int], list[dict], list[bytes],
+                                            bytes]] = {}
+        # ``json`` splices documents from JSON fragments encoded once per model version (this
+        # object lives as long as its model): a title's fields, an item's fields after them, a
+        # shelf's header. Bounded like the reasons: by titles, and codes x arguments x regions.
+        self._title_json = _Memo(self._encode_title)
+        # keyed by ((reason arg + 1) << 6 | reason code << 2 | slot, region): one small int
+        self._item_tail = _Memo(self._encode_tail, limit=100_000)
+        self._header_json = _Memo(self._encode_header, limit=100_000)
 
     def _genres_of(self, t: int) -> list[str]:
         g = self._genres.get(t)
@@ -306,9 +343,10 @@ class Assembler:
             text = self._reasons[key] = R.render(code, arg, self.f, region)
         return text
 
-    def _shared(self, got: SharedShelf, code: int, region: str | None) -> tuple[list[int], list[dict]]:
-        """A shared shelf's titles and rendered items (ranks are positions before any user's
-        hidden titles are dropped), rendered once per shelf object and region."""
+    def _shared_entry(self, got: SharedShelf, code: int, region: str | None) -> tuple:
+        """A shared shelf's titles, rendered items (ranks are positions before any user's hidden
+        titles are dropped), each item's JSON and all of them joined, made once per shelf object
+        and region."""
         entry = self._shared_items.get(id(got))
         if entry is None or entry[0] is not got or entry[1] != region:
             if len(self._shared_items) > 4096:
@@ -316,7 +354,12 @@ class Assembler:
             titles = got.titles.tolist()
             reasons = [self.reason(code, k, region) for k in range(1, len(titles) + 1)]
             items = self._items(titles, [0] * len(titles), reasons, region, [None] * len(titles))
-            entry = self._shared_items[id(got)] = (got, region, titles, items)
+            frags = [orjson.dumps(i) for i in items]
+            entry = self._shared_items[id(got)] = (got, region, titles, items, frags, b",".join(frags))
+        return entry
+
+    def _shared(self, got: SharedShelf, code: int, region: str | None) -> tuple[list[int], list[dict]]:
+        entry = self._shared_entry(got, code, region)
         return entry[2], entry[3]
 
     def _title_fields(self, t: int) -> dict:
@@ -370,8 +413,7 @@ class Assembler:
                 if got is None:
                     continue
                 got = decode_shared(got) if isinstance(got, (bytes, bytearray)) else got
-                code = {TRENDING: R.TRENDING, TOP10: R.TOP10, NEW: R.NEW_RELEASE, TOP10_GLOBAL: R.TOP10_GLOBAL}[s.type]
-                all_titles, all_items = self._shared(got, code, region)
+                all_titles, all_items = self._shared(got, _SHARED_CODE[s.type], region)
                 if hidden.isdisjoint(all_titles):
                     items = list(all_items)
                 else:
@@ -390,10 +432,113 @@ class Assembler:
                 "generated_at": page.generated_at.isoformat().replace("+00:00", "Z"),
                 "mode": page.mode, "shelves": shelves}
 
+    # --- the document as JSON bytes --------------------------------------------------------
+    def _encode_title(self, t: int) -> bytes:
+        """``{"title_id":...,"genres":[...]`` : an item's JSON up to its per-read fields. Only
+        the bytes are kept: a catalog's worth of cached dicts would be objects for every pass
+        of the garbage collector to walk."""
+        genres = [self.f.genre_names[i] for i in self.f.title_genres[t]]
+        return orjson.dumps({"title_id": self._ids[t], "name": self._names[t], "kind": self._kinds[t],
+                             "genres": genres})[:-1]
+
+    def _encode_tail(self, key: tuple[int, str | None]) -> bytes:
+        """``,"slot_kind":...,"reason":...,"score":`` : an item's JSON after its title's fields,
+        up to its score."""
+        packed, region = key
+        slot, code, arg = packed & 3, (packed >> 2) & 15, (packed >> 6) - 1
+        return b',"slot_kind":' + orjson.dumps(SLOT_KINDS[slot]) + b',"reason":' + orjson.dumps(
+            self.reason(code, arg, region)) + b',"score":'
+
+    def _encode_header(self, key: tuple[int, int, str | None]) -> bytes:
+        """``{"id":...,"title":...,"items":[`` of a shelf."""
+        sid, title = self.shelf_header(Shelf(type=key[0], titles=[], arg=key[1]), key[2])
+        return b'{"id":' + orjson.dumps(sid) + b',"title":' + orjson.dumps(title) + b',"items":['
+
+    def json(self, page: ComposedPage, model_version: str,
+             shared: Mapping[str, SharedShelf | bytes] | None = None) -> bytes:
+        """``orjson.dumps(self.document(page, model_version, shared))``, byte for byte, spliced
+        from fragments encoded once per model version (each title's fields, each item's reason
+        and slot, each shelf header, each shared shelf's items) instead of building ~90 dicts
+        per read and encoding them. ``page`` may hold lists where it holds arrays
+        (``parse_page``)."""
+        region = page.region
+        hidden = set(_ints(page.hidden))
+        titles_json, tail, header = self._title_json, self._item_tail, self._header_json
+        out = []
+        for s in page.shelves:
+            if s.type in SHARED_TYPES:
+                got = (shared or {}).get(s.key or shared_key(s.type, region))
+                if got is None:
+                    continue
+                got = decode_shared(got) if isinstance(got, (bytes, bytearray)) else got
+                _, _, titles, _, frags, joined = self._shared_entry(got, _SHARED_CODE[s.type], region)
+                if hidden and not hidden.isdisjoint(titles):
+                    frags = [f for t, f in zip(titles, frags) if t not in hidden]
+                    joined = b",".join(frags)
+                if not frags:
+                    continue
+                body = joined
+            elif s.type == TOP_PICKS:
+                titles = _ints(s.titles)
+                scores = _scores_json(_ints(s.scores))
+                body = b",".join([titles_json[t] + tail[((a + 1) << 6 | c << 2 | k, region)] + sc + b"}"
+                                  for t, k, c, a, sc in zip(titles, _ints(s.slots), _ints(s.reasons),
+                                                            _ints(s.reason_args), scores)])
+            else:
+                titles = _ints(s.titles)
+                if not titles:
+                    continue
+                end = tail[((s.reason_arg + 1) << 6 | s.reason << 2, region)] + b"null}"
+                body = (end + b",").join(map(titles_json.__getitem__, titles)) + end
+            out.append(header[(s.type, s.arg, region)] + body + b"]}")
+        return b"".join((b'{"user_id":', orjson.dumps(page.user_id), b',"model_version":',
+                         orjson.dumps(model_version), b',"generated_at":',
+                         orjson.dumps(page.generated_at.isoformat().replace("+00:00", "Z")),
+                         b',"mode":', orjson.dumps(page.mode), b',"shelves":[', b",".join(out), b"]}"))
+
     def decode(self, blob: bytes, user_id: str, model_version: str,
                shared: Mapping[str, SharedShelf | bytes] | None = None) -> dict:
         """The Page document from a cached blob and the region's shared shelves."""
         return self.document(decode_page(blob, self.f, user_id), model_version, shared)
+
+
+_SHARED_CODE = {TRENDING: R.TRENDING, TOP10: R.TOP10, NEW: R.NEW_RELEASE, TOP10_GLOBAL: R.TOP10_GLOBAL}
+
+
+_TRAILING_ZEROS = re.compile(r"0+(?=,)")
+
+
+def _scores_json(scores: list[float]) -> list[bytes]:
+    """``orjson.dumps(round(x, 6))`` of each score, for a list of ~20 at a time.
+
+    ``round(x, 6)`` and ``"%.6f"`` round alike (correctly, to 6 decimals); for 1e-3 <= |x| < 1e9
+    that decimal has at most 15 significant digits, so it is the shortest that reads back as the
+    rounded float, which is what orjson writes, and a format of the whole list writes them all
+    at once. Other values (or NaN) take the slow road."""
+    if not all(1e-3 <= abs(x) < 1e9 for x in scores):
+        return orjson.dumps([round(x, 6) for x in scores])[1:-1].split(b",") if scores else []
+    text = _TRAILING_ZEROS.sub("", ("%.6f," * len(scores)) % tuple(scores)).replace(".,", ".0,")
+    return text.encode().split(b",")[:-1]
+
+
+def _ints(values) -> list:
+    """A list as is, an array as a list of Python scalars."""
+    return values if isinstance(values, list) else np.asarray(values).tolist()
+
+
+class _Memo(dict):
+    """``memo[key]``: the stored value, or ``make(key)`` stored on first use; emptied when it
+    would grow past ``limit`` entries."""
+
+    def __init__(self, make, limit: int | None = None):
+        super().__init__()
+        self.make, self.limit = make, limit
+
+    def __missing__(self, key):
+        if self.limit is not None and len(self) >= self.limit:
+            self.clear()
+        value = self[key] = self.make(key)
+        return value
 
 
 def referenced_keys(blob: bytes) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import time
 from typing import Annotated, Any, Literal
@@ -25,8 +26,11 @@ from reelrec.config import Settings, load_settings
 from reelrec.domain.catalog import Title
 from reelrec.domain.events import event_json_schema
 from reelrec.errors import Conflict, InvalidInput, NotFound, ReelrecError, Unavailable
+from reelrec.log import get_logger
 from reelrec.serve.auth import ApiKeys
 from reelrec.service import Services, ingest_events, upsert_title
+
+log = get_logger(__name__)
 
 
 # --- request / response models (separate from domain types) -----------------------------------
@@ -173,6 +177,15 @@ class Metrics:
                                "age of the newest event the speed layer applied", registry=self.registry)
         self.model_version = Gauge("reelrec_model_info", "serving model version", ["version"],
                                    registry=self.registry)
+        # the children every homepage read updates, looked up once (``labels`` takes a lock)
+        self.cache_reads = {r: self.cache.labels(r) for r in ("hit", "miss", "error")}
+        self._served: set[str] = set()
+
+    def serving(self, version: str) -> None:
+        """Record that a page of model ``version`` was served (the gauge is 1 from then on)."""
+        if version not in self._served:
+            self.model_version.labels(version).set(1)
+            self._served.add(version)
 
 
 def _scope_dependency(scope: str):
@@ -255,7 +268,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             worker.start()
         if schedule is not None:
             schedule.start()
+        await asyncio.to_thread(_settle_heap, app.state.reader, app.state.cache)
         yield
+        gc.unfreeze()
         if schedule is not None:
             schedule.stop()
         app.state.jobs.close()
@@ -377,7 +392,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     from reelrec.homepage import HomepageReader
     app.state.cache = cache = open_cache(settings.cache)
     app.state.reader = reader = HomepageReader(settings, cache,
-                                               on_read=lambda r: metrics.cache.labels(r).inc())
+                                               on_read=lambda r: metrics.cache_reads[r].inc())
     app.state.user_regions = _UserRegions(settings)
     if speed_layer is None:
         speed_layer = services.embedded
@@ -392,9 +407,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         """The user's page with one cache read; an unknown user gets the cold-start page for the
         request's region, device and hour. ``mode`` says which it is."""
         region = (region or app.state.user_regions.get(user_id) or "").upper() or None
-        doc = await reader.aread(user_id, region=region, device=device, hour=hour)
-        metrics.model_version.labels(doc["model_version"]).set(1)
-        return page_response(doc)
+        body, version = await reader.aread_json(user_id, region=region, device=device, hour=hour)
+        metrics.serving(version)
+        return Response(body, media_type="application/json")
 
     @app.put("/v1/users/{user_id}", tags=["users"], status_code=202,
              responses={422: {"model": ErrorResponse}}, **scoped("write"))
@@ -557,6 +572,24 @@ class _UserRegions:
 
     def set(self, user_id: str, region: str) -> None:
         self._load()[user_id] = region
+
+
+def _settle_heap(reader, cache) -> None:
+    """Load the serving model, then move every object alive now (modules, the model, the app)
+    out of the garbage collector's reach with ``gc.freeze()``.
+
+    Requests leave a little cyclic garbage behind (the framework's task groups and streams), so
+    the collector runs during serving; left alone, each of its full passes walks the whole heap,
+    some 120 K objects once the model and its libraries are imported, and holds the GIL for about
+    100 ms: 1% of requests waited that long at any load (docs/benchmarks.md, Serving). Frozen,
+    a full pass walks only what was made since start-up. The lifespan unfreezes at shutdown, so a
+    process that builds several apps (the tests) still collects them."""
+    try:
+        reader.model(cache.current_version())
+    except ReelrecError as exc:  # no model or no cache yet: freeze what there is
+        log.info("no model to load before serving", error=str(exc))
+    gc.collect()
+    gc.freeze()
 
 
 def _check(fn) -> str:

@@ -6,6 +6,7 @@ Only the Redis cache and state modules import this, and only when a ``redis://``
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -138,3 +139,175 @@ def redacted(url: str) -> str:
         return url
     scheme, rest = url.split("://", 1)
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+class AsyncReads:
+    """The read path's Redis client for an event loop: one connection, commands pipelined on it,
+    replies matched in order, parsed by hiredis.
+
+    A homepage read is one ``MGET``; through redis-py's asyncio client it cost ~3x the CPU of
+    the command itself (a pool checkout, a stream writer, a timeout task and the client's
+    observability hooks per command; docs/benchmarks.md, Serving). This sends the command's
+    bytes on an ``asyncio.Protocol`` and resolves a future per reply. Plain ``redis://host:port/db``
+    with an optional password (and user) only: ``connect_reads`` gives redis-py's client for
+    TLS, sockets and anything else.
+
+    A reply later than ``timeout`` seconds, a lost connection or an error reply raises
+    ``Unavailable``; a timeout closes the connection (later replies would no longer match), and
+    the next command connects again, so a Redis that comes back is used without a restart.
+    """
+
+    def __init__(self, host: str, port: int, db: int = 0, username: str | None = None,
+                 password: str | None = None, *, timeout: float = 2.0):
+        self.host, self.port, self.db = host, port, db
+        self.username, self.password, self.timeout = username, password, timeout
+        self._conn: _RespProtocol | None = None
+        self._connecting = None
+
+    async def _connection(self) -> "_RespProtocol":
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._connecting is None:  # one connect for every command that finds none
+            self._connecting = asyncio.ensure_future(self._connect())
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _connect(self) -> "_RespProtocol":
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _RespProtocol(loop), self.host, self.port), self.timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"cannot connect to redis at {self.host}:{self.port}: "
+                              f"{type(exc).__name__}: {exc}") from None
+        setup = []
+        if self.password is not None:
+            setup.append(("AUTH", self.username, self.password) if self.username
+                         else ("AUTH", self.password))
+        if self.db:
+            setup.append(("SELECT", str(self.db)))
+        try:
+            for args in setup:
+                await conn.call(_pack(*[a for a in args if a is not None]), self.timeout)
+        except Unavailable:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    async def execute(self, *args: str) -> Any:
+        """One command's reply (bytes, None or a list of them).
+
+        Raises:
+            Unavailable: no connection, no reply within ``timeout``, or an error reply.
+        """
+        conn = await self._connection()
+        return await conn.call(_pack(*args), self.timeout)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.execute("GET", key)
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        return await self.execute("MGET", *keys)
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _pack(*args: str) -> bytes:
+    """A command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else a
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
+class _RespProtocol(asyncio.Protocol):
+    """One connection: pipelined commands, one future per reply, in order."""
+
+    def __init__(self, loop):
+        import collections
+        import hiredis
+        self.loop, self.reader = loop, hiredis.Reader()
+        self.error_type = hiredis.ReplyError
+        self.waiting: collections.deque = collections.deque()
+        self.transport = None
+        self.closed = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while self.waiting:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            fut, timer = self.waiting.popleft()
+            timer.cancel()
+            if not fut.done():
+                fut.set_result(reply)
+
+    def eof_received(self) -> None:
+        self.close()
+
+    def connection_lost(self, exc) -> None:
+        self._fail(f"connection lost: {exc or 'closed by the server'}")
+
+    def pause_writing(self) -> None:  # a command is small; the kernel's buffer holds many
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def _fail(self, why: str) -> None:
+        self.closed = True
+        while self.waiting:
+            fut, timer = self.waiting.popleft()
+            timer.cancel()
+            if not fut.done():
+                fut.set_exception(Unavailable(f"redis {why}"))
+
+    def _expire(self, fut) -> None:
+        if not fut.done():
+            fut.set_exception(Unavailable("redis did not answer in time"))
+        self.close()  # the replies still to come would answer the wrong commands
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+            self._fail("connection closed")
+
+    async def call(self, payload: bytes, timeout: float) -> Any:
+        if self.closed:
+            raise Unavailable("redis connection closed")
+        fut = self.loop.create_future()
+        self.waiting.append((fut, self.loop.call_later(timeout, self._expire, fut)))
+        self.transport.write(payload)
+        reply = await fut
+        if isinstance(reply, self.error_type):
+            raise Unavailable(f"redis refused the command: {reply}")
+        return reply
+
+
+def connect_reads(driver_url: str, *, timeout: float = 2.0):
+    """The read path's client for ``driver_url``: ``AsyncReads`` for plain ``redis://host``,
+    redis-py's asyncio client otherwise (TLS, unix sockets, query options)."""
+    from urllib.parse import unquote
+    p = urlparse(driver_url)
+    path = p.path.strip("/")
+    if p.scheme == "redis" and p.hostname and not p.query and (path == "" or path.isdigit()):
+        return AsyncReads(p.hostname, p.port or 6379, int(path or 0),
+                          unquote(p.username) if p.username else None,
+                          unquote(p.password) if p.password is not None else None, timeout=timeout)
+    return connect_async(driver_url, timeout=timeout)

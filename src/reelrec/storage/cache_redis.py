@@ -20,7 +20,7 @@ import weakref
 
 from reelrec.errors import Conflict, InvalidInput, NotFound
 from reelrec.log import get_logger
-from reelrec.storage._redis import connect, connect_async, redacted, translated
+from reelrec.storage._redis import connect, connect_reads, redacted, translated
 from reelrec.storage.cache import CacheRead, HomepageCache, _check_items, _check_version, _ttl
 
 log = get_logger(__name__)
@@ -122,8 +122,8 @@ class RedisCache(HomepageCache):
                 return done.value
 
     async def aget_many(self, keys, *, version=None):
-        """``get_many`` on redis-py's asyncio client (one per event loop): the same commands,
-        without a worker thread per read."""
+        """``get_many`` on an asyncio client (one per event loop, ``connect_reads``): the same
+        commands, without a worker thread per read."""
         reads = self._reads(list(keys), version)
         with translated("MGET", self.url):
             r = self._async_client()
@@ -141,7 +141,7 @@ class RedisCache(HomepageCache):
         loop = asyncio.get_running_loop()
         got = self._aclients.get(loop)
         if got is None:
-            got = self._aclients[loop] = connect_async(self._driver_url)
+            got = self._aclients[loop] = connect_reads(self._driver_url)
         return got
 
     def delete(self, keys, *, version=None):
