@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from reelrec.batch.progress import NullProgress
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import InteractionMatrix, index_of
-from reelrec.domain.users import DEVICES
+from reelrec.domain.users import DAYPARTS, DEVICES, context_cell, utc_offset_h
 from reelrec.errors import Conflict, InvalidInput
 from reelrec.log import get_logger
 from reelrec.rank.features import build_features, feature_names
@@ -74,9 +74,11 @@ class PipelineConfig:
 
 # --- user state ----------------------------------------------------------------------------------
 def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray,
-                 ref: dt.datetime) -> dict[str, np.ndarray]:
-    """Per-user context from events before ``ref``: device and time-of-day shares, genres named
-    in searches of the last 30 days, and events in the last week."""
+                 ref: dt.datetime, regions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-user context from events before ``ref``: device shares, local time-of-day shares (the
+    hour read in the time zone of the event's region, else the user's ``regions``), the joint
+    (device, local daypart) shares, genres named in searches of the last 30 days, and events in
+    the last week."""
     u = len(user_ids)
     ev = events.filter(pc.less(events.column("ts"), pa.scalar(ref, events.schema.field("ts").type)))
     row = index_of(ev.column("user_id"), pa.array(list(user_ids), pa.string()))
@@ -88,10 +90,20 @@ def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray
     device = np.zeros((u, len(DEVICES)), np.float32)
     m = ok & (dev >= 0)
     np.add.at(device, (row[m], dev[m]), 1.0)
-    hour = pc.hour(ev.column("ts")).to_numpy(zero_copy_only=False).astype(np.int64) // 6
+    user_off = utc_offset_h(regions) if regions is not None else np.zeros(u)
+    off = np.where(ok, user_off[np.maximum(row, 0)], 0.0)
+    if "region" in ev.column_names:
+        has = pc.is_valid(ev.column("region")).to_numpy(zero_copy_only=False)
+        if has.any():
+            off = np.where(has, utc_offset_h(ev.column("region")), off)
+    hour = np.floor(np.mod(t / 3600.0 + off, 24.0)).astype(np.int64) // 6
     hours = np.zeros((u, 4), np.float32)
     np.add.at(hours, (row[ok], hour[ok]), 1.0)
-    for a in (device, hours):
+    cell = context_cell(dev, t, off)
+    cells = np.zeros((u, len(DEVICES) * len(DAYPARTS)), np.float32)
+    m = ok & (cell >= 0)
+    np.add.at(cells, (row[m], cell[m]), 1.0)
+    for a in (device, hours, cells):
         s = a.sum(axis=1, keepdims=True)
         np.divide(a, s, out=a, where=s > 0)
 
@@ -105,7 +117,8 @@ def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray
             hit = pc.match_substring(q, str(name).lower()).to_numpy(zero_copy_only=False)
             np.add.at(search, (rows[hit], g), 1.0)
     week = np.bincount(row[ok & (age_days <= 7)], minlength=u).astype(np.float32)
-    return {"device": device, "hour": hours, "search_genres": search, "events_week": np.log1p(week)}
+    return {"device": device, "hour": hours, "search_genres": search, "events_week": np.log1p(week),
+            "context": cells}
 
 
 def pd_isnull(a: np.ndarray) -> np.ndarray:
@@ -194,14 +207,14 @@ def fit_stage1(positives: sp.csr_matrix, ts: sp.csr_matrix, negatives: sp.csr_ma
     art = Artifacts(np.asarray(catalog.ids, dtype=object), vectors, ~trained, als_params, index, cov, stats,
                     b, ref.timestamp())
     with progress.step("user context"):
-        ctx = user_context(events, user_ids, stats.genre_names, ref)
+        ctx = user_context(events, user_ids, stats.genre_names, ref, regions)
     exclude = (negatives > 0).astype(np.float32)
     exclude = exclude.maximum((finished > 0).astype(np.float32))
     if cfg.exclude_seen:
         exclude = exclude.maximum((positives > 0).astype(np.float32))
     state = UserState(sp.csr_matrix(positives, dtype=np.float32), sp.csr_matrix(ts), sp.csr_matrix(exclude),
                       als_model.user_factors, stats.region_index(regions), clusters, ctx["device"],
-                      ctx["hour"], ctx["search_genres"], ctx["events_week"])
+                      ctx["hour"], ctx["search_genres"], ctx["events_week"], ctx["context"])
     return Stage1(art, state, np.asarray(user_ids, dtype=object))
 
 
@@ -583,7 +596,7 @@ __all__ = ["make_recommender", "Pipeline", "PipelineConfig", "RankerRecommender"
 
 # --- persistence: a pipeline <-> the files of a model version --------------------------------------
 _STATE_SPARSE = ("positives", "ts", "exclude")
-_STATE_DENSE = ("vectors", "region", "cluster", "device", "hour", "search_genres", "events_week")
+_STATE_DENSE = ("vectors", "region", "cluster", "device", "hour", "search_genres", "events_week", "context")
 
 
 def save_pipeline(pipe: Pipeline, folder) -> None:
