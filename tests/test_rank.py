@@ -285,3 +285,12 @@ def test_context_reads_local_time_and_title_lifts_follow_where_titles_are_watche
                           np.array(["IN", "GB"], dtype=object), ref, None, 1)
     t05 = base.catalog.index_of("t05")
     assert np.argmax(st.context_lift[t05]) == mobile * 4 + morning and st.context_lift[t05].max() > 0
+
+
+def test_the_evaluator_records_what_the_ranker_chose():
+    rec = RankerRecommender(small_config())
+    assert rec.params == {}
+    rec.fit(batch_world.train_data())
+    p = rec.params
+    assert p["rounds"] == rec.pipeline.ranker.current_iteration()
+    assert [(t["num_leaves"], t["min_data_in_leaf"]) for t in p["selection_trials"]][0] == (15, 5)

@@ -526,6 +526,18 @@ class RankerRecommender:
         self.pipeline, self.report = fit_pipeline(data, self.config)
         return self
 
+    @property
+    def params(self) -> dict:
+        """What the fit chose, for the evaluator's JSON: the ranker's settings and the trials of
+        the serving-gap replica (empty before ``fit``)."""
+        r = self.report.get("ranker")
+        if not r:
+            return {}
+        out = {k: r[k] for k in ("rounds", "num_leaves", "min_data_in_leaf", "groups", "valid_ndcg@10") if k in r}
+        if "ranker_selection" in self.report:
+            out["selection_trials"] = self.report["ranker_selection"]["trials"]
+        return out
+
     def recommend(self, users: np.ndarray, k: int) -> np.ndarray:
         if self.pipeline is None:
             raise InvalidInput("fit() before recommend()", field="model")
