@@ -294,3 +294,22 @@ def test_the_evaluator_records_what_the_ranker_chose():
     p = rec.params
     assert p["rounds"] == rec.pipeline.ranker.current_iteration()
     assert [(t["num_leaves"], t["min_data_in_leaf"]) for t in p["selection_trials"]][0] == (15, 5)
+
+
+def test_a_version_saved_before_the_context_cells_loads_and_scores(tmp_path):
+    from reelrec.batch.pipeline import load_pipeline, save_pipeline
+    data = batch_world.train_data()
+    rec = RankerRecommender(small_config()).fit(data)
+    save_pipeline(rec.pipeline, tmp_path)
+    with np.load(tmp_path / "arrays.npz", allow_pickle=False) as z:
+        old = {k: z[k] for k in z.files if k not in ("users.context", "stats.context_lift")}
+    with open(tmp_path / "arrays.npz", "wb") as f:
+        np.savez(f, **old)
+    pipe = load_pipeline(tmp_path, rec.config.as_dict())
+    assert pipe.art.stats.context_lift.shape[0] == 0 and len(pipe.users.context) == 0
+    state = pipe.users.take(np.arange(6))
+    cols, scores = pipe.score(state, 5)
+    assert (cols >= 0).all() and np.isfinite(scores).all()
+    x = pipe.features(state, *pipe.candidates(state))
+    fit = x[:, :, pipe.ranker.feature_name().index("context_fit")]
+    assert (fit[np.isfinite(fit)] == 0).all()

@@ -666,8 +666,9 @@ def load_pipeline(folder, config: dict) -> Pipeline:
     users = user_ids = None
     if "user_ids" in arrays:
         user_ids = arrays["user_ids"].astype(object)
-        users = UserState(*(get_sparse(arrays, f"users.{n}") for n in _STATE_SPARSE),
-                          *(arrays[f"users.{n}"] for n in _STATE_DENSE if f"users.{n}" in arrays))
+        # by name: a version saved before a field existed (e.g. the context cells) gets its default
+        users = UserState(**{n: get_sparse(arrays, f"users.{n}") for n in _STATE_SPARSE},
+                          **{n: arrays[f"users.{n}"] for n in _STATE_DENSE if f"users.{n}" in arrays})
     ranker = None
     if (folder / "ranker.txt").exists():
         import lightgbm as lgb
