@@ -218,3 +218,98 @@ def test_a_ranker_trained_on_fewer_features_keeps_scoring_after_an_upgrade():
     np.testing.assert_array_equal(s_new, s_old)
     cands, dense = newer.candidates(state)
     assert newer.features(state, cands, dense).shape[2] == older.ranker.num_feature()
+
+
+def test_group_ndcg_matches_the_evaluators_ndcg():
+    """The selection's metric is the evaluator's NDCG@10: labels missed by the candidates and
+    users with no group still count."""
+    from reelrec.eval import metrics as M
+    from reelrec.rank.ranker import GroupNDCG, RankData
+    rng = np.random.default_rng(3)
+    # three users with labels; user 2 has no label among its candidates (no group)
+    cands = [np.array([5, 1, 7, 9, 2, 11, 12, 13, 14, 15, 16, 17]), np.array([3, 4, 8])]
+    labels = [{1, 9, 20}, {8}, {30, 31}]
+    scores = [rng.random(len(c)) for c in cands]
+    data = RankData(np.zeros((15, 1)), np.concatenate([[t in labels[i] for t in c] for i, c in enumerate(cands)]),
+                    np.array([12, 3]), ["f"], np.array([3, 1]), label_users=3)
+    got = GroupNDCG(data)(np.concatenate(scores))
+    recs = np.full((3, 10), -1)
+    for i, (c, s) in enumerate(zip(cands, scores)):
+        top = c[np.argsort(-s, kind="stable")][:10]
+        recs[i, : len(top)] = top
+    rel = sp.lil_matrix((3, 40))
+    for i, ls in enumerate(labels):
+        for t in ls:
+            rel[i, t] = 1
+    assert got == pytest.approx(M.accuracy(recs, sp.csr_matrix(rel), 10)["ndcg@10"])
+
+
+def test_selection_on_the_serving_gap_replica_picks_from_the_grid():
+    data = batch_world.train_data(n_users=80, per_user=8)
+    cfg = small_config()
+    cfg.ranker.select, cfg.ranker.grid, cfg.ranker.max_rounds = True, ((3, 20),), 40
+    rec = RankerRecommender(cfg).fit(data)
+    sel = rec.report["ranker_selection"]
+    pairs = [(t["num_leaves"], t["min_data_in_leaf"]) for t in sel["trials"]]
+    assert pairs == [(cfg.ranker.num_leaves, cfg.ranker.min_data_in_leaf), (3, 20)]
+    assert all(1 <= t["rounds"] <= 40 and 0.0 <= t["ndcg@10"] <= 1.0 for t in sel["trials"])
+    best = max(sel["trials"], key=lambda t: t["ndcg@10"])
+    assert sel["chosen"] == {k: best[k] for k in ("num_leaves", "min_data_in_leaf", "rounds")}
+    assert rec.pipeline.ranker.current_iteration() == best["rounds"]
+    assert sel["inner_groups"] > 0
+
+
+def test_context_reads_local_time_and_title_lifts_follow_where_titles_are_watched():
+    """An IN user (UTC+5:30) watching at 04:00 UTC watches at 09:30 local: a morning; a title only
+    ever played on phones in the morning has its largest lift in the (mobile, morning) cell."""
+    from reelrec.batch.pipeline import user_context
+    from reelrec.domain.users import DAYPARTS, DEVICES, context_cell, utc_offset_h
+    from reelrec.recall.popular import compute_stats
+    assert utc_offset_h(["IN", "us", None, "ZZ"]).tolist() == [5.5, -5.0, 0.0, 0.0]
+    assert utc_offset_h(pa.array(["IN", None, "JP"])).tolist() == [5.5, 0.0, 9.0]
+    t = (batch_world.T0 + dt.timedelta(hours=4)).timestamp()
+    mobile, morning = DEVICES.index("mobile"), DAYPARTS.index("morning")
+    assert context_cell(np.array([mobile]), np.array([t]), np.array([5.5]))[0] == mobile * 4 + morning
+    assert context_cell(np.array([mobile]), np.array([t]), np.array([0.0]))[0] == mobile * 4  # UTC: night
+    rows = [dict(event_id=f"m{i}", user_id="u99", title_id="t05", type=typ, device="mobile", region="IN",
+                 ts=batch_world.T0 + dt.timedelta(days=i, hours=4))
+            for i in range(12) for typ in ("play_start", "complete")]
+    base = batch_world.train_data()
+    ev = pa.concat_tables([base.events, pa.Table.from_pylist(rows, schema=EVENT_SCHEMA)])
+    ids = np.array(["u99", "u00"], dtype=object)
+    ref = batch_world.T0 + dt.timedelta(days=40)
+    ctx = user_context(ev, ids, np.array(["drama"]), ref, np.array(["IN", "GB"], dtype=object))
+    assert ctx["hour"][0, morning] == 1.0 and ctx["context"][0, mobile * 4 + morning] == 1.0
+    assert ctx["context"][1].sum() == pytest.approx(1.0)
+    st, _ = compute_stats(ev, base.catalog.table, ids, sp.csr_matrix((2, len(base.catalog))),
+                          np.array(["IN", "GB"], dtype=object), ref, None, 1)
+    t05 = base.catalog.index_of("t05")
+    assert np.argmax(st.context_lift[t05]) == mobile * 4 + morning and st.context_lift[t05].max() > 0
+
+
+def test_the_evaluator_records_what_the_ranker_chose():
+    rec = RankerRecommender(small_config())
+    assert rec.params == {}
+    rec.fit(batch_world.train_data())
+    p = rec.params
+    assert p["rounds"] == rec.pipeline.ranker.current_iteration()
+    assert [(t["num_leaves"], t["min_data_in_leaf"]) for t in p["selection_trials"]][0] == (15, 5)
+
+
+def test_a_version_saved_before_the_context_cells_loads_and_scores(tmp_path):
+    from reelrec.batch.pipeline import load_pipeline, save_pipeline
+    data = batch_world.train_data()
+    rec = RankerRecommender(small_config()).fit(data)
+    save_pipeline(rec.pipeline, tmp_path)
+    with np.load(tmp_path / "arrays.npz", allow_pickle=False) as z:
+        old = {k: z[k] for k in z.files if k not in ("users.context", "stats.context_lift")}
+    with open(tmp_path / "arrays.npz", "wb") as f:
+        np.savez(f, **old)
+    pipe = load_pipeline(tmp_path, rec.config.as_dict())
+    assert pipe.art.stats.context_lift.shape[0] == 0 and len(pipe.users.context) == 0
+    state = pipe.users.take(np.arange(6))
+    cols, scores = pipe.score(state, 5)
+    assert (cols >= 0).all() and np.isfinite(scores).all()
+    x = pipe.features(state, *pipe.candidates(state))
+    fit = x[:, :, pipe.ranker.feature_name().index("context_fit")]
+    assert (fit[np.isfinite(fit)] == 0).all()

@@ -29,11 +29,12 @@ import scipy.sparse as sp
 from reelrec.batch.progress import NullProgress
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import InteractionMatrix, index_of
-from reelrec.domain.users import DEVICES
+from reelrec.domain.users import DAYPARTS, DEVICES, context_cell, utc_offset_h
 from reelrec.errors import Conflict, InvalidInput
 from reelrec.log import get_logger
 from reelrec.rank.features import build_features, feature_names
-from reelrec.rank.ranker import RankerParams, Window, aligned_ts, label_window, train_ranker
+from reelrec.rank.ranker import (RankData, RankerParams, Window, aligned_ts, label_window, select_ranker,
+                                 train_ranker)
 from reelrec.recall.als import (DEFAULT_GRID, ALSParams, content_vectors, fit_als, grid_size, ndcg_at_k,
                                 recommend_als, topk_excluding, tune_als, _grid)
 from reelrec.recall.ann import ANNConfig, ANNIndex
@@ -73,9 +74,11 @@ class PipelineConfig:
 
 # --- user state ----------------------------------------------------------------------------------
 def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray,
-                 ref: dt.datetime) -> dict[str, np.ndarray]:
-    """Per-user context from events before ``ref``: device and time-of-day shares, genres named
-    in searches of the last 30 days, and events in the last week."""
+                 ref: dt.datetime, regions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-user context from events before ``ref``: device shares, local time-of-day shares (the
+    hour read in the time zone of the event's region, else the user's ``regions``), the joint
+    (device, local daypart) shares, genres named in searches of the last 30 days, and events in
+    the last week."""
     u = len(user_ids)
     ev = events.filter(pc.less(events.column("ts"), pa.scalar(ref, events.schema.field("ts").type)))
     row = index_of(ev.column("user_id"), pa.array(list(user_ids), pa.string()))
@@ -87,10 +90,20 @@ def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray
     device = np.zeros((u, len(DEVICES)), np.float32)
     m = ok & (dev >= 0)
     np.add.at(device, (row[m], dev[m]), 1.0)
-    hour = pc.hour(ev.column("ts")).to_numpy(zero_copy_only=False).astype(np.int64) // 6
+    user_off = utc_offset_h(regions) if regions is not None else np.zeros(u)
+    off = np.where(ok, user_off[np.maximum(row, 0)], 0.0)
+    if "region" in ev.column_names:
+        has = pc.is_valid(ev.column("region")).to_numpy(zero_copy_only=False)
+        if has.any():
+            off = np.where(has, utc_offset_h(ev.column("region")), off)
+    hour = np.floor(np.mod(t / 3600.0 + off, 24.0)).astype(np.int64) // 6
     hours = np.zeros((u, 4), np.float32)
     np.add.at(hours, (row[ok], hour[ok]), 1.0)
-    for a in (device, hours):
+    cell = context_cell(dev, t, off)
+    cells = np.zeros((u, len(DEVICES) * len(DAYPARTS)), np.float32)
+    m = ok & (cell >= 0)
+    np.add.at(cells, (row[m], cell[m]), 1.0)
+    for a in (device, hours, cells):
         s = a.sum(axis=1, keepdims=True)
         np.divide(a, s, out=a, where=s > 0)
 
@@ -104,7 +117,8 @@ def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray
             hit = pc.match_substring(q, str(name).lower()).to_numpy(zero_copy_only=False)
             np.add.at(search, (rows[hit], g), 1.0)
     week = np.bincount(row[ok & (age_days <= 7)], minlength=u).astype(np.float32)
-    return {"device": device, "hour": hours, "search_genres": search, "events_week": np.log1p(week)}
+    return {"device": device, "hour": hours, "search_genres": search, "events_week": np.log1p(week),
+            "context": cells}
 
 
 def pd_isnull(a: np.ndarray) -> np.ndarray:
@@ -193,14 +207,14 @@ def fit_stage1(positives: sp.csr_matrix, ts: sp.csr_matrix, negatives: sp.csr_ma
     art = Artifacts(np.asarray(catalog.ids, dtype=object), vectors, ~trained, als_params, index, cov, stats,
                     b, ref.timestamp())
     with progress.step("user context"):
-        ctx = user_context(events, user_ids, stats.genre_names, ref)
+        ctx = user_context(events, user_ids, stats.genre_names, ref, regions)
     exclude = (negatives > 0).astype(np.float32)
     exclude = exclude.maximum((finished > 0).astype(np.float32))
     if cfg.exclude_seen:
         exclude = exclude.maximum((positives > 0).astype(np.float32))
     state = UserState(sp.csr_matrix(positives, dtype=np.float32), sp.csr_matrix(ts), sp.csr_matrix(exclude),
                       als_model.user_factors, stats.region_index(regions), clusters, ctx["device"],
-                      ctx["hour"], ctx["search_genres"], ctx["events_week"])
+                      ctx["hour"], ctx["search_genres"], ctx["events_week"], ctx["context"])
     return Stage1(art, state, np.asarray(user_ids, dtype=object))
 
 
@@ -335,15 +349,16 @@ def _window_matrix_exclude(w: Window) -> sp.csr_matrix:
 
 
 def ranker_dataset(pipe: Pipeline, labels: sp.csr_matrix, advance=None, max_users: int | None = None,
-                   seed: int = 42):
+                   seed: int = 42) -> tuple[RankData, int, int]:
     """Candidates and features of users with labels (at most ``max_users``, sampled), labelled:
-    (x, y, group sizes, feature names, labels found among the candidates, labels in all)."""
+    (the rows, labels found among the candidates, labels in all)."""
     from reelrec.recall.ann import is_member
     rows = np.flatnonzero(np.diff(labels.indptr) > 0)
     if max_users and len(rows) > max_users:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_users, replace=False))
-    xs, ys, groups = [], [], []
+    xs, ys, groups, counts = [], [], [], []
     names: list[str] = []
+    n_labels = np.diff(labels.indptr)
     hit, total = 0, int(labels[rows].nnz)
     for lo in range(0, len(rows), pipe.cfg.batch_users):
         r = rows[lo: lo + pipe.cfg.batch_users]
@@ -361,11 +376,26 @@ def ranker_dataset(pipe: Pipeline, labels: sp.csr_matrix, advance=None, max_user
             xs.append(x[keep][v])
             ys.append(y[keep][v].astype(np.float32))
             groups.append(v.sum(axis=1))
+            counts.append(n_labels[r][keep])
         if advance:
             advance(len(r))
     if not xs:
-        return np.zeros((0, len(names))), np.zeros(0), np.zeros(0, np.int64), names, 0, total
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(groups), names, hit, total
+        return RankData(np.zeros((0, len(names))), np.zeros(0), np.zeros(0, np.int64), names,
+                        np.zeros(0, np.int64), len(rows)), 0, total
+    return RankData(np.concatenate(xs), np.concatenate(ys), np.concatenate(groups), names,
+                    np.concatenate(counts), len(rows)), hit, total
+
+
+def _window_rows(data: TrainData, w: Window, cfg: PipelineConfig, als_params: ALSParams,
+                 ease_lambda: float | None, progress, seed: int, als_model=None) -> tuple[RankData, int, int]:
+    """Stage 1 fitted on window ``w``'s features, and the ranker rows of its labelled users."""
+    m = data.matrix
+    s1 = fit_stage1(w.matrix.positives, w.ts, w.matrix.negatives, w.matrix.finished, w.events, data.catalog,
+                    m.user_ids, data.users, w.ref, cfg, als_params, ease_lambda, progress, als_model)
+    pipe_w = Pipeline(s1.art, None, cfg, s1.users, s1.user_ids)
+    n_users = min(int((np.diff(w.labels.indptr) > 0).sum()), cfg.ranker.max_users)
+    with progress.step("ranker features", n_users) as adv:
+        return ranker_dataset(pipe_w, w.labels, adv, cfg.ranker.max_users, seed)
 
 
 def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=None) -> tuple[Pipeline, dict]:
@@ -418,34 +448,55 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
     # draws several windows (different held-out slices) so LambdaRank sees more groups; a temporal
     # split has one.
     windows = 1 if data.cutoff is not None else max(1, cfg.ranker.windows)
-    xs, ys, gs = [], [], []
+    parts: list[RankData] = []
     hit = total = 0
-    names: list[str] = []
+    w0 = w
     for wi in range(windows):
         if wi > 0:
             with progress.step("label window"):
                 w = label_window(data.events, m, data.catalog, None,
                                  replace(cfg.ranker, seed=cfg.ranker.seed + wi))
             best_model = None
-        s1 = fit_stage1(w.matrix.positives, w.ts, w.matrix.negatives, w.matrix.finished, w.events, data.catalog,
-                        m.user_ids, data.users, w.ref, cfg, als_params, ease_lambda, progress, best_model)
-        pipe_w = Pipeline(s1.art, None, cfg, s1.users, s1.user_ids)
-        n_users = min(int((np.diff(w.labels.indptr) > 0).sum()), cfg.ranker.max_users)
-        with progress.step("ranker features", n_users) as adv:
-            x, y, g, names, h, t_ = ranker_dataset(pipe_w, w.labels, adv, cfg.ranker.max_users,
-                                                   cfg.ranker.seed + wi)
-        xs.append(x), ys.append(y), gs.append(g)
+        d, h, t_ = _window_rows(data, w, cfg, als_params, ease_lambda, progress, cfg.ranker.seed + wi, best_model)
+        parts.append(d)
         hit, total = hit + h, total + t_
-    x, y, groups = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    train = RankData.concat(parts)
     report["candidates_recall"] = round(hit / max(total, 1), 5)
     ranker = None
-    if len(groups):
+    params = cfg.ranker
+    if cfg.ranker.select and len(parts[0].groups):
+        # the serving gap, reproduced one level down: the first window's rows (stage 1 fitted on
+        # everything but their labels) stand for serving; rows from windows drawn inside it
+        # (stage 1 fitted on the window minus their own labels) stand for training
+        inner: list[RankData] = []
+        n_inner = 1 if data.cutoff is not None else max(1, cfg.ranker.inner_windows)
+        for wi in range(n_inner):
+            with progress.step("label window"):
+                wv = label_window(w0.events, w0.matrix, data.catalog, w0.ref if data.cutoff is not None else None,
+                                  replace(cfg.ranker, seed=cfg.ranker.seed + 100 + wi))
+            if wv.labels.nnz:
+                inner.append(_window_rows(data, wv, cfg, als_params, ease_lambda, progress,
+                                          cfg.ranker.seed + 100 + wi)[0])
+        inner = [d for d in inner if len(d.groups)]
+        if inner:
+            with progress.step("ranker selection"):
+                params, trials = select_ranker(RankData.concat(inner), parts[0], cfg.ranker)
+            params = replace(params, valid_share=0.0)
+            report["ranker_selection"] = {"chosen": {"num_leaves": params.num_leaves,
+                                                     "min_data_in_leaf": params.min_data_in_leaf,
+                                                     "rounds": params.rounds},
+                                          "trials": trials, "inner_groups": int(sum(len(d.groups) for d in inner))}
+    if len(train.groups):
         with progress.step("ranker fit"):
-            ranker = train_ranker(x, y, groups, names, cfg.ranker)
+            ranker = train_ranker(train.x, train.y, train.groups, train.names, params)
+        sel = report.get("ranker_selection")
+        valid = (max(t["ndcg@10"] for t in sel["trials"]) if sel else
+                 round(float(ranker.best_score.get("valid_0", {}).get("ndcg@10", 0.0)), 5) if ranker.best_score
+                 else None)
         report["ranker"] = {"rounds": int(ranker.best_iteration or ranker.current_iteration()),
-                            "groups": len(groups), "rows": int(sum(groups)), "features": names,
-                            "valid_ndcg@10": round(float(ranker.best_score.get("valid_0", {}).get("ndcg@10", 0.0)), 5)
-                            if ranker.best_score else None}
+                            "groups": len(train.groups), "rows": int(sum(train.groups)), "features": train.names,
+                            "num_leaves": params.num_leaves, "min_data_in_leaf": params.min_data_in_leaf,
+                            "valid_ndcg@10": valid}
 
     # serving: stage 1 again on all the training data
     ts = aligned_ts(data.events, data.catalog, m)
@@ -474,6 +525,18 @@ class RankerRecommender:
     def fit(self, data: TrainData) -> "RankerRecommender":
         self.pipeline, self.report = fit_pipeline(data, self.config)
         return self
+
+    @property
+    def params(self) -> dict:
+        """What the fit chose, for the evaluator's JSON: the ranker's settings and the trials of
+        the serving-gap replica (empty before ``fit``)."""
+        r = self.report.get("ranker")
+        if not r:
+            return {}
+        out = {k: r[k] for k in ("rounds", "num_leaves", "min_data_in_leaf", "groups", "valid_ndcg@10") if k in r}
+        if "ranker_selection" in self.report:
+            out["selection_trials"] = self.report["ranker_selection"]["trials"]
+        return out
 
     def recommend(self, users: np.ndarray, k: int) -> np.ndarray:
         if self.pipeline is None:
@@ -545,7 +608,7 @@ __all__ = ["make_recommender", "Pipeline", "PipelineConfig", "RankerRecommender"
 
 # --- persistence: a pipeline <-> the files of a model version --------------------------------------
 _STATE_SPARSE = ("positives", "ts", "exclude")
-_STATE_DENSE = ("vectors", "region", "cluster", "device", "hour", "search_genres", "events_week")
+_STATE_DENSE = ("vectors", "region", "cluster", "device", "hour", "search_genres", "events_week", "context")
 
 
 def save_pipeline(pipe: Pipeline, folder) -> None:
@@ -603,8 +666,9 @@ def load_pipeline(folder, config: dict) -> Pipeline:
     users = user_ids = None
     if "user_ids" in arrays:
         user_ids = arrays["user_ids"].astype(object)
-        users = UserState(*(get_sparse(arrays, f"users.{n}") for n in _STATE_SPARSE),
-                          *(arrays[f"users.{n}"] for n in _STATE_DENSE))
+        # by name: a version saved before a field existed (e.g. the context cells) gets its default
+        users = UserState(**{n: get_sparse(arrays, f"users.{n}") for n in _STATE_SPARSE},
+                          **{n: arrays[f"users.{n}"] for n in _STATE_DENSE if f"users.{n}" in arrays})
     ranker = None
     if (folder / "ranker.txt").exists():
         import lightgbm as lgb

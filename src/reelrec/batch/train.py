@@ -89,7 +89,9 @@ def train(settings: Settings, config: PipelineConfig | None = None, publish: boo
     manifest = {
         "config": config.as_dict(),
         "params": {"als": report["als"]["chosen"], "ease_lambda": report.get("ease", {}).get("lambda"),
-                   "ranker_rounds": report.get("ranker", {}).get("rounds")},
+                   "ranker_rounds": report.get("ranker", {}).get("rounds"),
+                   "ranker_num_leaves": report.get("ranker", {}).get("num_leaves"),
+                   "ranker_min_data_in_leaf": report.get("ranker", {}).get("min_data_in_leaf")},
         "data": report.get("data", {}),
         "counts": {"users": report["users"], "titles": report["titles"], "positives": report["positives"],
                    "content_vectors": int(pipe.art.content.sum()), "ann": pipe.art.ann.kind,

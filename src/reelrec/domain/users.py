@@ -6,12 +6,43 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reelrec.errors import NotFound
 
 DEVICES: tuple[str, ...] = ("tv", "mobile", "tablet", "web")
+# each region's main time zone, standard time (UTC offset in hours), so that the hour of an event
+# can be read as the user's local hour; a region not listed is taken as UTC
+REGION_UTC_OFFSET_H: dict[str, float] = {
+    "US": -5.0, "CA": -5.0, "MX": -6.0, "BR": -3.0, "AR": -3.0, "GB": 0.0, "IE": 0.0, "PT": 0.0,
+    "FR": 1.0, "DE": 1.0, "ES": 1.0, "IT": 1.0, "NL": 1.0, "SE": 1.0, "PL": 1.0, "TR": 3.0,
+    "IN": 5.5, "CN": 8.0, "SG": 8.0, "KR": 9.0, "JP": 9.0, "AU": 10.0, "NZ": 12.0,
+}
+DAYPARTS: tuple[str, ...] = ("night", "morning", "afternoon", "evening")  # local 0-6, 6-12, 12-18, 18-24
+
+
+def utc_offset_h(regions) -> np.ndarray:
+    """UTC offset (hours) of each region code (``REGION_UTC_OFFSET_H``; 0 when unknown or None):
+    a sequence, or an Arrow string array (looked up through its distinct values)."""
+    if isinstance(regions, (pa.Array, pa.ChunkedArray)):
+        col = pa.chunked_array([regions]) if isinstance(regions, pa.Array) else regions
+        enc = pc.dictionary_encode(pc.utf8_upper(col.cast(pa.string()))).combine_chunks()
+        table = utc_offset_h(enc.dictionary.to_pylist())
+        idx = enc.indices.to_numpy(zero_copy_only=False)
+        valid = pc.is_valid(enc.indices).to_numpy(zero_copy_only=False)
+        return np.where(valid, table[np.where(valid, idx, 0).astype(np.int64)] if len(table) else 0.0, 0.0)
+    return np.array([REGION_UTC_OFFSET_H.get(str(r).upper(), 0.0) if r is not None else 0.0 for r in regions],
+                    dtype=np.float64)
+
+
+def context_cell(device: np.ndarray, ts_s: np.ndarray, offset_h: np.ndarray) -> np.ndarray:
+    """The (device, local daypart) cell of events: ``device`` index into DEVICES (-1 unknown),
+    epoch seconds and the UTC offset of their region; -1 where the device is unknown."""
+    local_h = np.floor(np.mod(ts_s / 3600.0 + offset_h, 24.0)).astype(np.int64)
+    return np.where(device >= 0, device * len(DAYPARTS) + local_h // 6, -1)
 
 USER_SCHEMA = pa.schema([
     pa.field("user_id", pa.string(), nullable=False),

@@ -7,7 +7,8 @@ before its cutoff, and tests/test_rank.py checks that a label event cannot reach
 
 Groups: each source's score and rank (and the score relative to the user's best candidate);
 popularity (global, regional, recent) and trending; freshness; genre and kind affinity; context
-(time of day and device shares against runtime and kind); completion and click-through rates
+(local time-of-day and device shares against runtime and kind, and the fit of the title's
+audience's (device, local daypart) cells to the user's own); completion and click-through rates
 among similar users (the user's ALS cluster, smoothed toward the title's global rate); search
 intent (genres named in recent searches); user activity; time (when the title was engaged with
 against when the user was active, and the title's popularity in the user's active periods).
@@ -25,7 +26,7 @@ from reelrec.recall.candidates import Artifacts, Candidates, UserState
 from reelrec.recall.popular import genre_affinity, time_bin
 
 CONTEXT_FEATURES = ("tv_share", "mobile_share", "night_share", "evening_share", "runtime_x_mobile",
-                    "runtime_x_tv", "series_x_mobile", "runtime_x_night")
+                    "runtime_x_tv", "series_x_mobile", "runtime_x_night", "context_fit", "context_fit_top")
 
 
 def feature_names(sources: tuple[str, ...], context: bool = True) -> list[str]:
@@ -119,7 +120,7 @@ def build_features(art: Artifacts, state: UserState, cands: Candidates,
     is_series = (kind_c == KINDS.index("series")).astype(np.float32)
     ones = np.ones((b, c), np.float32)
     feats += [tv * ones, mobile * ones, night * ones, evening * ones, runtime * mobile, runtime * tv,
-              is_series * mobile, runtime * night]
+              is_series * mobile, runtime * night, *_context_fit(st, state, c0)]
 
     cl = np.clip(state.cluster, 0, st.completion.shape[0] - 1)
     feats += [st.completion[cl[:, None], c0], st.completion_all[c0],
@@ -166,6 +167,20 @@ def _time_features(st, state: UserState, c0: np.ndarray) -> list[np.ndarray]:
     period = np.log(np.einsum("bt,tbc->bc", hist, st.pop_time[:, c0]) + 1e-7)
     day = 86400.0
     return [(st.first_s[c0] - last[:, None]) / day, (st.mean_s[c0] - mean[:, None]) / day, period]
+
+
+def _context_fit(st, state: UserState, c0: np.ndarray) -> list[np.ndarray]:
+    """How well each candidate fits where and when the user watches: the title's log lift in each
+    (device, local daypart) cell weighted by the user's share of the cell, and the lift in the
+    user's most frequent cell. 0 (no lift) when either side is unknown."""
+    b, c = c0.shape
+    lift, ctx = st.context_lift, state.context
+    if lift.shape[0] == 0 or ctx.shape != (b, lift.shape[1]):  # a version saved before the cells
+        return [np.zeros((b, c), np.float32)] * 2
+    fit = np.einsum("bck,bk->bc", lift[c0], ctx)
+    top = np.argmax(ctx, axis=1)
+    at_top = np.where(ctx.max(axis=1, keepdims=True) > 0, lift[c0, top[:, None]], 0.0)
+    return [fit, at_top]
 
 
 def _title_genres(tg: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:

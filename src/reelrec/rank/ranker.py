@@ -9,12 +9,20 @@ data into a feature window and label pairs:
   out as labels and every event of a held-out (user, title) pair is removed from the features.
 
 Either way no label event can reach its own features; tests/test_rank.py checks it.
+
+The ranker learns on features from stage-1 models fitted on the feature window and is served
+features from stage-1 models fitted on all the training data, so its own held-out groups (drawn
+from the same windows) cannot tell how it does at serving. ``select_ranker`` chooses the tree size
+and the number of rounds on a replica of that gap instead: rows whose stage 1 was fitted on a
+window of the window (``reelrec.batch.pipeline.fit_pipeline`` builds them) train each candidate,
+and the window's own rows, whose stage 1 saw everything but their labels, score it by NDCG@10
+against every label of the user, as the evaluator does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -49,6 +57,16 @@ class RankerParams:
     # one thread: on a shared 2-core machine LightGBM's two OpenMP threads spin against other
     # processes and ran 5x slower than one (measured, docs/benchmarks.md)
     threads: int = 1
+    # choose (num_leaves, min_data_in_leaf) among the values above and the alternatives in
+    # ``grid``, and the rounds (at most ``max_rounds``, stopping after ``patience`` rounds without
+    # gain), on the serving-gap replica (``select_ranker``); the final ranker then trains on every
+    # group. Off: the values above, with ``valid_share`` of the groups held out to report NDCG.
+    select: bool = True
+    grid: tuple = ((7, 1000), (4, 500))
+    max_rounds: int = 250
+    patience: int = 50
+    round_step: int = 25
+    inner_windows: int = 2  # label windows drawn inside the first window for the replica
 
 
 @dataclass
@@ -130,6 +148,108 @@ def label_window(events: pa.Table, matrix: InteractionMatrix, catalog: Catalog,
     return Window(fe, fm, aligned_ts(fe, catalog, fm, weights), held_b, ref)
 
 
+def _lgb_params(params: RankerParams) -> dict:
+    return {
+        "objective": params.objective, "metric": "ndcg", "eval_at": [10],
+        "learning_rate": params.learning_rate, "num_leaves": params.num_leaves,
+        "min_data_in_leaf": params.min_data_in_leaf, "feature_fraction": params.feature_fraction,
+        "lambdarank_truncation_level": 20, "seed": params.seed, "verbosity": -1,
+        "num_threads": params.threads, "deterministic": True, "force_row_wise": True,
+    }
+
+
+@dataclass
+class RankData:
+    """Ranker rows of a set of users: features ``x`` and labels ``y`` of their candidates, in
+    groups of ``groups`` rows (only users with a label among their candidates get a group);
+    ``n_labels`` is each group's user's number of labels in all (found or not), ``label_users``
+    how many users had labels at all."""
+
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    names: list[str]
+    n_labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    label_users: int = 0
+
+    @staticmethod
+    def concat(parts: list["RankData"]) -> "RankData":
+        return RankData(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
+                        np.concatenate([p.groups for p in parts]), parts[-1].names,
+                        np.concatenate([p.n_labels for p in parts]), sum(p.label_users for p in parts))
+
+
+class GroupNDCG:
+    """NDCG@k of scores over ``RankData`` groups against every label of the user: a group's
+    DCG of its top ``k`` over the ideal DCG of min(labels, k) hits; users with labels but no
+    group count 0. The evaluator's definition, for choosing the ranker's settings."""
+
+    def __init__(self, data: RankData, k: int = 10):
+        g = data.groups.astype(np.int64)
+        self.k, self.users = k, max(data.label_users, len(g))
+        width = int(g.max(initial=1))
+        starts = np.cumsum(g) - g
+        col = np.arange(int(g.sum())) - np.repeat(starts, g)
+        row = np.repeat(np.arange(len(g)), g)
+        self.at = (row, col)
+        self.shape = (len(g), max(width, k))
+        self.y = np.zeros(self.shape, np.float32)
+        self.y[self.at] = data.y
+        disc = 1.0 / np.log2(np.arange(2, k + 2))
+        self.disc = disc
+        self.idcg = np.cumsum(disc)[np.minimum(np.maximum(data.n_labels, 1), k).astype(np.int64) - 1] \
+            if len(g) else np.zeros(0)
+
+    def __call__(self, scores: np.ndarray) -> float:
+        if not len(self.idcg):
+            return 0.0
+        s = np.full(self.shape, -np.inf)
+        s[self.at] = scores
+        top = np.argpartition(-s, self.k - 1, axis=1)[:, : self.k]
+        order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        hits = np.take_along_axis(self.y, top, axis=1) > 0
+        return float(((hits * self.disc).sum(axis=1) / self.idcg).sum() / self.users)
+
+
+def select_ranker(train: RankData, valid: RankData, params: RankerParams) -> tuple[RankerParams, list[dict]]:
+    """Choose (num_leaves, min_data_in_leaf), the configured pair or one of ``params.grid``, and the rounds: fit LambdaRank
+    on ``train`` for each, score NDCG@10 on ``valid`` after every round (``GroupNDCG``), keep the
+    best (fewer rounds, then the earlier entry of the grid, on a tie). Returns ``params`` with the choice, and the trials."""
+    import lightgbm as lgb
+    metric = GroupNDCG(valid)
+    trials = []
+    best: tuple[float, int, RankerParams] | None = None
+    for leaves, min_data in dict.fromkeys([(params.num_leaves, params.min_data_in_leaf), *map(tuple, params.grid)]):
+        p = replace(params, num_leaves=int(leaves), min_data_in_leaf=int(min_data))
+        lp = {**_lgb_params(p), "metric": "None"}
+        dtrain = lgb.Dataset(train.x, train.y, group=train.groups, feature_name=train.names, free_raw_data=False)
+        dvalid = lgb.Dataset(valid.x, valid.y, group=valid.groups, reference=dtrain, free_raw_data=False)
+        curve: list[float] = []
+
+        def feval(preds, _data, curve=curve):
+            curve.append(metric(preds))
+            return "ndcg_all@10", curve[-1], True
+
+        lgb.train(lp, dtrain, num_boost_round=params.max_rounds, valid_sets=[dvalid], feval=feval,
+                  callbacks=[lgb.early_stopping(params.patience, verbose=False)])
+        # the curve is noisy round to round: read it smoothed (a centred mean over
+        # ``round_step`` rounds) at multiples of ``round_step``, so no lucky round is chosen
+        c = np.asarray(curve)
+        h = params.round_step // 2
+        at = np.arange(params.round_step, len(c) + 1, params.round_step)
+        if not len(at):
+            at = np.array([len(c)])
+        smooth = np.array([c[max(0, r - 1 - h): r + h].mean() for r in at])
+        r = int(at[int(np.argmax(smooth))])
+        trials.append({"num_leaves": p.num_leaves, "min_data_in_leaf": p.min_data_in_leaf, "rounds": r,
+                       "ndcg@10": round(float(smooth.max()), 5), "ran": len(curve)})
+        if best is None or smooth.max() > best[0]:
+            best = (float(smooth.max()), r, p)
+    assert best is not None
+    return replace(best[2], rounds=best[1]), trials
+
+
 def train_ranker(x: np.ndarray, y: np.ndarray, group_sizes: np.ndarray, names: list[str],
                  params: RankerParams | None = None):
     """Fit LambdaRank on rows grouped by user (``group_sizes`` rows each, in order)."""
@@ -139,13 +259,7 @@ def train_ranker(x: np.ndarray, y: np.ndarray, group_sizes: np.ndarray, names: l
     g = len(group_sizes)
     valid = rng.random(g) < params.valid_share
     row_valid = np.repeat(valid, group_sizes)
-    lp = {
-        "objective": params.objective, "metric": "ndcg", "eval_at": [10],
-        "learning_rate": params.learning_rate, "num_leaves": params.num_leaves,
-        "min_data_in_leaf": params.min_data_in_leaf, "feature_fraction": params.feature_fraction,
-        "lambdarank_truncation_level": 20, "seed": params.seed, "verbosity": -1,
-        "num_threads": params.threads, "deterministic": True, "force_row_wise": True,
-    }
+    lp = _lgb_params(params)
     dtrain = lgb.Dataset(x[~row_valid], y[~row_valid], group=group_sizes[~valid], feature_name=names,
                          free_raw_data=True)
     callbacks = []

@@ -55,6 +55,8 @@ class UserState:
     hour: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # night/morning/afternoon/evening
     search_genres: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (B, G)
     events_week: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # activity last week
+    # (B, 16) share of the user's events in each (device, local daypart) cell (domain.users.context_cell)
+    context: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), np.float32))
 
     def __len__(self) -> int:
         return self.positives.shape[0]
@@ -78,6 +80,8 @@ class UserState:
             self.search_genres = np.zeros((b, n_genres), np.float32)
         if len(self.events_week) != b:
             self.events_week = np.zeros(b, np.float32)
+        if len(self.context) != b:
+            self.context = np.zeros((b, 16), np.float32)
         return self
 
 

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from reelrec.domain.catalog import KINDS
+from reelrec.domain.users import DAYPARTS, DEVICES, context_cell, utc_offset_h
 from reelrec.domain.matrix import index_of
 
 DAY_S = 86400.0
@@ -59,6 +60,10 @@ class TitleStats:
     # seconds), each row the titles' shares of that span
     time_edges: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (T + 1,)
     pop_time: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (T, N)
+    # where each title is watched: log lift of its plays and completions in each (device, local
+    # daypart) cell (domain.users.context_cell) over the catalog's share of that cell, smoothed
+    # toward no lift; what a user's own cell mix is set against (rank.features, "context_fit")
+    context_lift: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), np.float32))  # (N, 16)
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {}
@@ -175,6 +180,8 @@ def compute_stats(events: pa.Table, catalog_table: pa.Table, user_ids: np.ndarra
         np.add.at(pt, (tb, cols[engaged]), 1.0)
         pop_time = (pt / np.maximum(pt.sum(axis=1, keepdims=True), 1.0)).astype(np.float32)
 
+    context_lift = _context_lift(ev, cols, types, ts, regions, ridx, n, prior_strength)
+
     # user clusters: "similar users" for completion and click-through rates
     k = int(max(1, min(clusters, len(user_ids) // 50)))
     f = user_vectors.shape[1] if user_vectors is not None else 1
@@ -228,8 +235,33 @@ def compute_stats(events: pa.Table, catalog_table: pa.Table, user_ids: np.ndarra
         recent=recent, age_days=age_days, mean_weight=mean_weight, completion=completion, ctr=ctr,
         completion_all=completion_all, ctr_all=ctr_all, genres=g, genre_names=gnames.astype(str),
         kind=kind.astype(np.int64), runtime_min=runtime.astype(np.float32), unavailable=unavailable,
-        centroids=centroids, first_s=first_s, mean_s=mean_s, time_edges=time_edges, pop_time=pop_time)
+        centroids=centroids, first_s=first_s, mean_s=mean_s, time_edges=time_edges, pop_time=pop_time,
+        context_lift=context_lift)
     return stats, ucl
+
+
+def _context_lift(ev: pa.Table, cols: np.ndarray, types: np.ndarray, ts: np.ndarray, regions: np.ndarray,
+                  ridx: np.ndarray, n: int, strength: float) -> np.ndarray:
+    """(N, cells) log lift of each title's plays and completions per (device, local daypart) cell
+    over all titles' share of the cell; ``strength`` pseudo-events pull a rare title to 0."""
+    n_cells = len(DEVICES) * len(DAYPARTS)
+    if "device" not in ev.column_names or not len(cols):
+        return np.zeros((n, n_cells), np.float32)
+    dev = index_of(ev.column("device"), pa.array(list(DEVICES), pa.string()))
+    off = np.zeros(len(cols))
+    known = ridx >= 0
+    if len(regions):
+        off[known] = utc_offset_h(list(regions))[ridx[known]]
+    cell = context_cell(dev, ts, off)
+    sel = (cols >= 0) & (cell >= 0) & np.isin(types, ("play_start", "complete"))
+    cnt = np.zeros((n, n_cells))
+    np.add.at(cnt, (cols[sel], cell[sel]), 1.0)
+    tot = cnt.sum(axis=0)
+    if tot.sum() == 0:
+        return np.zeros((n, n_cells), np.float32)
+    g = (tot + 1.0) / (tot.sum() + n_cells)
+    share = (cnt + strength * g[None, :]) / (cnt.sum(axis=1, keepdims=True) + strength)
+    return np.log(share / g[None, :]).astype(np.float32)
 
 
 def time_bin(edges: np.ndarray, t: np.ndarray) -> np.ndarray:
