@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from reelrec.domain.users import utc_offset_h
+
 KINDS = ("movie", "series", "documentary")
 MOVIE, SERIES, DOC = 0, 1, 2
 KIND_SHARES = (0.6, 0.3, 0.1)
@@ -84,7 +86,7 @@ REGION_LANGUAGES = {"US": (("en", 0.85), ("es", 0.15)), "GB": (("en", 1.0),),
                     "MX": (("es", 1.0),)}
 REGION_ORIGIN_LANGUAGE = {"US": "en", "GB": "en", "IN": "hi", "KR": "ko", "JP": "ja",
                           "BR": "pt", "DE": "de", "FR": "fr", "MX": "es"}
-REGION_UTC_OFFSET_H = np.array([-5.0, 0.0, 5.5, 9.0, 9.0, -3.0, 1.0, 1.0, -6.0])
+REGION_UTC_OFFSET_H = utc_offset_h(REGIONS)  # the domain's table: the ranker reads local hours the same way
 DEVICE_MIX = np.array([  # tv, mobile, tablet, web
     [0.42, 0.33, 0.10, 0.15],  # US
     [0.40, 0.35, 0.10, 0.15],  # GB
