@@ -210,3 +210,27 @@ def test_a_refused_version_falls_back_to_the_live_model_not_a_newer_preloaded_on
         doc = reader.read(user)
         assert doc["model_version"] == v1 and doc["mode"] == "personal"
         assert reader.serving() == v1 and reader.refused() == [v3]
+
+
+def test_a_model_loaded_while_serving_is_frozen_and_the_one_it_replaced_can_be_collected(tiny_world, tmp_path):
+    """The heap is frozen at start-up; a version loaded later (a retrain going live) must leave the
+    collector's full passes too, and the replaced model, frozen before, must become collectable."""
+    import gc
+    import weakref
+    world = copy_world(tiny_world, tmp_path, retrain_interval_s=0)
+    v1 = ModelStore(world.models_dir).current()
+    v2, v3 = clone_version(world, v1), clone_version(world, v1)
+    app = create_app(world, speed_layer=False, scheduler=False)
+    with TestClient(app):
+        reader: HomepageReader = app.state.reader
+        first = weakref.ref(reader.model(v1).pipeline)
+        reader.preload(v2)
+        m2 = reader.model(v2)  # v2 live; v1 kept as the newest other
+        assert gc.get_freeze_count() > 10_000
+        # frozen: out of every generation the collector walks
+        assert not {id(m2), id(m2.pipeline)} & {id(o) for o in gc.get_objects()}
+        reader.preload(v3)  # keeps v2 (live) and v3: v1 is dropped
+        assert first() is None  # freed: not held by the frozen generation
+        assert gc.get_freeze_count() > 10_000
+        assert reader.model(v3) is not m2
+    assert gc.get_freeze_count() == 0

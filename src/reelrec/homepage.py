@@ -352,7 +352,9 @@ class HomepageReader:
     shared shelves), flagged ``mode: fallback`` — never an error.
     """
 
-    def __init__(self, settings: Settings, cache, on_read=None):
+    def __init__(self, settings: Settings, cache, on_read=None, on_load=None):
+        """``on_read(result)`` counts each read ("hit", "miss", "error"); ``on_load(model)`` is
+        called after each model version is loaded and kept (the API re-settles its heap there)."""
         self.settings, self.cache = settings, cache
         # at most two models: the live one (whose pages the cache last served) and the newest
         # loaded (preloaded before its pages go live, so a swap never waits on a load); a
@@ -363,11 +365,13 @@ class HomepageReader:
         # one load at a time: request threads that see a new version together load it once
         self._load_lock = threading.Lock()
         self.on_read = on_read or (lambda result: None)
+        self.on_load = on_load or (lambda model: None)
 
     def _keep(self, m: ServingModel) -> None:
         others = {k: v for k, v in self._models.items() if k != m.version}
         keep = {self._live: others[self._live]} if self._live in others else dict(list(others.items())[-1:])
         self._models = {**keep, m.version: m}
+        self.on_load(m)
 
     def _fallback(self) -> ServingModel:
         live = self._models.get(self._live) if self._live else None

@@ -381,7 +381,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     from reelrec.homepage import HomepageReader
     app.state.cache = cache = open_cache(settings.cache)
     app.state.reader = reader = HomepageReader(settings, cache,
-                                               on_read=lambda r: metrics.cache_reads[r].inc())
+                                               on_read=lambda r: metrics.cache_reads[r].inc(),
+                                               on_load=lambda m: _refreeze() if gc.get_freeze_count() else None)
     app.state.user_regions = _UserRegions(settings)
     if speed_layer is None:
         speed_layer = services.embedded
@@ -561,6 +562,16 @@ class _UserRegions:
 
     def set(self, user_id: str, region: str) -> None:
         self._load()[user_id] = region
+
+
+def _refreeze() -> None:
+    """After a model version is loaded while serving (a retrain going live): thaw, collect and
+    freeze again, so the new model leaves the collector's full passes too and the model it
+    replaced, frozen at start-up or at the last load, can be collected (a frozen cycle is never
+    freed). One full pass per model load, on the loading thread."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _settle_heap(reader, cache) -> None:
