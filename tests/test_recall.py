@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import batch_world  # noqa: E402
 
 from reelrec.errors import InvalidInput  # noqa: E402
-from reelrec.recall.ann import ANNConfig, ANNIndex, is_member, recall_at_k  # noqa: E402
+from reelrec.recall.ann import ANNConfig, ANNIndex, is_member, recall_with_ties  # noqa: E402
 from reelrec.recall.candidates import SourceResult, merge  # noqa: E402
 from reelrec.recall.covisit import DAY_S, covisitation, ease, prune_rows, recent_seeds  # noqa: E402
 from reelrec.recall.popular import compute_stats, trending_scores  # noqa: E402
@@ -46,7 +46,7 @@ def test_hnsw_recall_against_exact():
     approx = ANNIndex.build(v, ANNConfig(exact_max=1000))
     assert approx.kind == "hnsw"
     exact = ANNIndex.build(v, force="flat")
-    r = recall_at_k(approx.search(q, 100)[0], exact.search(q, 100)[0])
+    r = recall_with_ties(approx.search(q, 100)[0], q, v, exact.search(q, 100)[1])
     assert r >= 0.95
 
 
@@ -354,7 +354,6 @@ def test_an_index_saved_before_the_dedupe_still_serves(tmp_path):
     assert old.distinct == old.size == 600
     old.save(tmp_path / "ann.faiss")
     rows_path(tmp_path / "ann.faiss").unlink()
-    from reelrec.recall.ann import recall_with_ties
     want_c, want_s = _exact_with_ties(q, v, rows, None, 30)
     served = ANNIndex.load(tmp_path / "ann.faiss")
     assert served.distinct == 600
@@ -366,7 +365,6 @@ def test_an_index_saved_before_the_dedupe_still_serves(tmp_path):
 
 
 def test_recall_with_ties_counts_equal_scores():
-    from reelrec.recall.ann import recall_with_ties
     v = np.array([[3, 0], [2, 0], [2, 0], [1, 0], [0, 0]], np.float32)
     q = np.array([[1, 0]], np.float32)
     exact_s = np.array([[3, 2]], np.float32)  # top 2: column 0 and one of the tied 1, 2

@@ -339,17 +339,6 @@ def is_member(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     return keys[pos] == q
 
 
-def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
-    """Share of the exact top-k found by the approximate search (ignoring -1 padding)."""
-    hits = 0
-    total = 0
-    for a, e in zip(approx, exact):  # per query set intersection; evaluation only
-        e = e[e >= 0]
-        hits += len(np.intersect1d(a[a >= 0], e))
-        total += len(e)
-    return hits / max(total, 1)
-
-
 def recall_with_ties(approx: np.ndarray, queries: np.ndarray, vectors: np.ndarray,
                      exact_scores: np.ndarray, rtol: float = 1e-5) -> float:
     """Recall@k of ``approx`` (title columns, -1 padding) against an exact top-k whose scores are
