@@ -588,8 +588,7 @@ def _settle_heap(reader, cache) -> None:
         reader.model(cache.current_version())
     except ReelrecError as exc:  # no model or no cache yet: freeze what there is
         log.info("no model to load before serving", error=str(exc))
-    gc.collect()
-    gc.freeze()
+    _refreeze()
 
 
 def _check(fn) -> str:
