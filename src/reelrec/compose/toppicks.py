@@ -149,11 +149,22 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
         e = e[marks.eligible(e)]
         e = e[~np.isin(e, t)]
         if len(e):
-            base = (s.min() if len(s) else 0.0) - 1.0
-            t = np.concatenate([t, e])
-            s = np.concatenate([s, base - np.arange(len(e)) / len(e)])
-            src = np.concatenate([src, np.full(len(e), SOURCE["popular"], np.uint8)])
-            anc = np.concatenate([anc, np.full(len(e), -1, np.int64)])
+            t, s, src, anc = _append_popular(t, s, src, anc, e)
+    return _make_pool(features, marks, t, s, src, anc, dom_words, theta_by_cluster)
+
+
+def _append_popular(t, s, src, anc, e: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Titles ``e`` after the pool's, in their order, scored below every pool title and tagged
+    as popular backfill (no anchor)."""
+    base = (s.min() if len(s) else 0.0) - 1.0
+    return (np.concatenate([t, e]), np.concatenate([s, base - np.arange(len(e)) / len(e)]),
+            np.concatenate([src, np.full(len(e), SOURCE["popular"], np.uint8)]),
+            np.concatenate([anc, np.full(len(e), -1, np.int64)]))
+
+
+def _make_pool(features: CatalogFeatures, marks: Marks, t, s, src, anc, dom_words: np.ndarray,
+               theta_by_cluster: np.ndarray) -> Pool:
+    """The Pool of titles ``t`` with their scores, sources and anchors: per-title features."""
     gw = features.genre_words[t]
     cl = features.cluster[t]
     return Pool(t=t, score=s, src=src, anchor=anc, kind=features.kind[t].astype(np.int64), gw=gw,
@@ -191,19 +202,9 @@ def _genre_backfill(features: CatalogFeatures, profile: UserProfile, cfg: Compos
     e = np.concatenate(extra)
     if len(e) == 0:
         return None
-    dom_words = _words(dominant_genres(profile, cfg), features.n_genres)
-    base = (pool.score.min() if len(pool) else 0.0) - 1.0
-    gw, cl = features.genre_words[e], features.cluster[e]
-    return Pool(t=np.concatenate([pool.t, e]),
-                score=np.concatenate([pool.score, base - np.arange(len(e)) / len(e)]),
-                src=np.concatenate([pool.src, np.full(len(e), SOURCE["popular"], np.uint8)]),
-                anchor=np.concatenate([pool.anchor, np.full(len(e), -1, np.int64)]),
-                kind=np.concatenate([pool.kind, features.kind[e].astype(np.int64)]),
-                gw=np.concatenate([pool.gw, gw]), mh=np.concatenate([pool.mh, features.genre_multi_hot[e]]),
-                novel=np.concatenate([pool.novel, marks.novel(e)]),
-                explore_ok=np.concatenate([pool.explore_ok, ~((gw & dom_words).any(axis=1))]),
-                theta=np.concatenate([pool.theta, theta_by_cluster[cl]]),
-                cluster=np.concatenate([pool.cluster, cl]))
+    t, sc, src, anc = _append_popular(pool.t, pool.score, pool.src, pool.anchor, e)
+    return _make_pool(features, marks, t, sc, src, anc, _words(dominant_genres(profile, cfg), features.n_genres),
+                      theta_by_cluster)
 
 
 def _penalty(pool: Pool, idx: np.ndarray, slots: np.ndarray, lo, hi, cap: int, n_v: int,
