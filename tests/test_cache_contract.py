@@ -273,6 +273,37 @@ def test_concurrent_async_reads_on_one_connection_each_get_their_own_values(redi
     c.close()
 
 
+def test_concurrent_async_reads_go_out_in_one_write_per_loop_turn(redis_url):
+    """Commands issued in the same turn of the event loop leave in one write (one system call):
+    a homepage read costs its share of a write, not a write of its own."""
+    import asyncio
+
+    from reelrec.storage._redis import AsyncReads
+    c = open_cache(redis_url)
+    items = pages("v1", range(200))
+    c.put(items, version="v1")
+    c.publish("v1")
+    keys = list(items)
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    reads = AsyncReads(host, int(port))
+
+    async def main():
+        await reads.get("rr:c:cur")  # connects
+        conn = reads._conn
+        writes = []
+        real = conn.transport.write
+        conn.transport.write = lambda data: (writes.append(data), real(data))[1]
+        got = await asyncio.gather(*[reads.mget([f"rr:c:v1:{k}"]) for k in keys])
+        await asyncio.gather(*[reads.get(f"rr:c:v1:{k}") for k in keys[:3]])
+        await reads.aclose()
+        return got, writes
+    got, writes = asyncio.run(main())
+    assert got == [[items[k]] for k in keys]
+    assert len(writes) == 2  # 200 commands in the first, 3 in the second
+    assert writes[0].count(b"*2\r\n$4\r\nMGET\r\n") == 200
+    c.close()
+
+
 def test_async_reads_authenticate_and_select_the_urls_database(redis_server):
     import asyncio
 
