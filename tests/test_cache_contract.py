@@ -304,6 +304,40 @@ def test_concurrent_async_reads_go_out_in_one_write_per_loop_turn(redis_url):
     c.close()
 
 
+def test_async_reads_time_out_on_a_paused_server_and_reconnect_after(redis_url):
+    """A server that stops answering (CLIENT PAUSE: it holds every client's commands) fails the
+    reads waiting on it with Unavailable once the timeout passes, and every read after it, on a
+    new connection, gets its answer."""
+    import asyncio
+    import time
+
+    import redis
+
+    from reelrec.storage._redis import AsyncReads
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    admin = redis.Redis.from_url(redis_url)
+    admin.set("k", b"v")
+    reads = AsyncReads(host, int(port), timeout=0.3)
+
+    async def main():
+        assert await reads.get("k") == b"v"
+        first = reads._conn
+        admin.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+        t = time.monotonic()
+        got = await asyncio.gather(*[reads.get("k") for _ in range(5)], return_exceptions=True)
+        waited = time.monotonic() - t
+        await asyncio.sleep(1.0)  # the pause ends
+        after = await reads.get("k")
+        await reads.aclose()
+        return got, waited, after, first
+    got, waited, after, first = asyncio.run(main())
+    assert all(isinstance(g, Unavailable) for g in got), got
+    assert "in time" in str(got[0])  # the others fail with the connection it closed
+    assert 0.25 <= waited < 0.9
+    assert after == b"v" and first.closed
+    admin.close()
+
+
 def test_async_reads_authenticate_and_select_the_urls_database(redis_server):
     import asyncio
 

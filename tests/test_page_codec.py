@@ -165,6 +165,11 @@ def assert_json_is_the_document(a: Assembler, page: ComposedPage, shared) -> Non
         assert a.json(parse_page(blob, f, page.user_id), "v1", sh) == want
     # the reads that follow hit the fragments encoded by the first
     assert a.json(parse_page(blob, f, page.user_id), "v1", shared) == want
+    # the serving read: the blob to JSON in one pass
+    objects = {k: decode_shared(v) if isinstance(v, bytes) else v for k, v in shared.items()}
+    asked = []
+    got = a.blob_json(blob, page.user_id, "v1", lambda r: asked.append(r) or objects)
+    assert got == want and asked == [page.region]
 
 
 def test_json_is_the_document_byte_for_byte(big):
@@ -222,6 +227,12 @@ def test_bad_blobs_are_rejected_clearly(big):
         decode_page(blob[:40], f)
     with pytest.raises(InvalidInput, match="version"):
         decode_page(b"\x07" + blob[1:], f)
+    a = Assembler(f)
+    for cut in (1, 5, 40, len(blob) - 1):
+        with pytest.raises(InvalidInput, match="truncated"):
+            a.blob_json(blob[:cut], "u", "v1", lambda r: {})
+    with pytest.raises(InvalidInput, match="version"):
+        a.blob_json(b"\x07" + blob[1:], "u", "v1", lambda r: {})
     bad = ComposedPage("u", "sideways", None, NOW, [])
     with pytest.raises(InvalidInput, match="mode"):
         encode_page(bad, f)

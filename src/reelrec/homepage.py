@@ -32,7 +32,7 @@ from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.coldstart import ColdStartPriors
 from reelrec.compose.config import ComposeConfig
 from reelrec.compose.features import SOURCE, Candidates, CatalogFeatures, UserProfile, affinities
-from reelrec.compose.page import Assembler, decode_page, decode_shared, encode_page, encode_shared, parse_page
+from reelrec.compose.page import Assembler, decode_page, decode_shared, encode_page, encode_shared
 from reelrec.compose.shelves import (SHARED_TYPES, ComposedPage, SharedShelf, shared_key, build_shared_shelves, compose_fallback,
                                      compose_page, shared_keys)
 from reelrec.config import Settings
@@ -303,10 +303,10 @@ class ServingModel:
     def assemble_json(self, user_id: str, blob: bytes, shared: Mapping[str, bytes | None],
                       region: str | None = None) -> bytes:
         """``assemble`` as JSON bytes, the same document byte for byte as ``orjson.dumps`` of
-        ``assemble``'s: the blob is parsed into lists and the document spliced from fragments
-        encoded once per model version (``Assembler.json``)."""
-        page, region_shared = self._cached_page(parse_page(blob, self.features, user_id), shared, region)
-        return self.assembler.json(page, self.version, region_shared)
+        ``assemble``'s: the blob is read and the document spliced from fragments encoded once
+        per model version in one pass (``Assembler.blob_json``)."""
+        return self.assembler.blob_json(blob, user_id, self.version,
+                                        lambda r: self._region_shared(r, shared), region)
 
     def _cached_page(self, page: ComposedPage, shared: Mapping[str, bytes | None],
                      region: str | None) -> tuple[ComposedPage, dict[str, SharedShelf]]:
@@ -317,14 +317,19 @@ class ServingModel:
             for shelf in page.shelves:
                 if shelf.type in SHARED_TYPES:
                     shelf.key = shared_key(shelf.type, region)
+        return page, self._region_shared(page.region, shared)
+
+    def _region_shared(self, region: str | None, shared: Mapping[str, bytes | None]) -> dict[str, SharedShelf]:
+        """The shared shelves of ``region`` by ``shared_key``: from the read (``shelf_key``
+        names), this model's own where the read lacks one."""
         region_shared: dict[str, SharedShelf] = {}
-        for k, sk in _region_keys(page.region):
+        for k, sk in _region_keys(region):
             got = shared.get(sk)
             if got is not None:
                 region_shared[k] = self._decode_shared(got)
             elif k in self.shared:
                 region_shared[k] = self.shared[k]
-        return page, region_shared
+        return region_shared
 
 
 def read_keys(user_id: str, region: str | None) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import struct
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import orjson
@@ -326,6 +326,7 @@ class Assembler:
         # keyed by ((reason arg + 1) << 6 | reason code << 2 | slot, region): one small int
         self._item_tail = _Memo(self._encode_tail, limit=100_000)
         self._header_json = _Memo(self._encode_header, limit=100_000)
+        self._stamp_json = _Memo(_encode_stamp, limit=100_000)  # a page's generated_at
 
     def _genres_of(self, t: int) -> list[str]:
         g = self._genres.get(t)
@@ -496,6 +497,121 @@ class Assembler:
                          orjson.dumps(page.generated_at.isoformat().replace("+00:00", "Z")),
                          b',"mode":', orjson.dumps(page.mode), b',"shelves":[', b",".join(out), b"]}"))
 
+    def blob_json(self, blob: bytes, user_id: str, model_version: str,
+                  shared_for: Callable[[str | None], Mapping[str, SharedShelf]],
+                  region: str | None = None) -> bytes:
+        """``json(parse_page(blob), ...)`` in one pass, byte for byte: the serving read's path.
+
+        The blob's fields are read off one integer into tuples and the document is spliced
+        from the same fragments as ``json``, with no page, shelf or datetime objects in between.
+        ``region`` (the request's) replaces the page's own when given; ``shared_for(region)``
+        gives the shared shelves, by ``shared_key``, of the region the page ends up in.
+
+        Raises:
+            InvalidInput: a blob of another format version or a truncated one.
+        """
+        acc, end = int.from_bytes(blob, "big"), 8 * len(blob)
+        titles_json, tail, header = self._title_json, self._item_tail, self._header_json
+        try:
+            version = acc >> (end - 8)
+            if version != VERSION:
+                raise InvalidInput(FieldError("page", f"format version {version}, expected {VERSION}"))
+            head = (acc >> (end - 48)) & 0xFFFFFFFFFF  # mode 2, time 34, region length 4
+            nreg = head & 15
+            pos = 48 + 8 * nreg
+            page_region = ((acc >> (end - pos)) & ((1 << 8 * nreg) - 1)).to_bytes(nreg, "big").decode(
+                "ascii") if nreg else None
+            region = region or page_region
+            pos += 10
+            fields = (acc >> (end - pos)) & 1023
+            b, nshelves = fields >> 5, fields & 31
+            mask = (1 << b) - 1
+            shelves = []
+            for _ in range(nshelves):
+                pos += 4
+                t = (acc >> (end - pos)) & 15
+                if t in SHARED_TYPES:
+                    shelves.append((t, -1, None, None))
+                    continue
+                w = b if t == BECAUSE else 8 if t == GENRE or t == ONBOARDING else 2 if t == KIND else 0
+                arg = -1
+                if w:
+                    pos += w
+                    arg = (acc >> (end - pos)) & ((1 << w) - 1)
+                pos += _COUNT_BITS
+                n = (acc >> (end - pos)) & 127
+                pos += n * b
+                seg = (acc >> (end - pos)) & ((1 << n * b) - 1)
+                titles = [(seg >> (b * k)) & mask for k in range(n - 1, -1, -1)]
+                if t != TOP_PICKS:
+                    shelves.append((t, arg, titles, None))
+                    continue
+                pos += 2 * n
+                seg = (acc >> (end - pos)) & ((1 << 2 * n) - 1)
+                slots = [(seg >> (2 * k)) & 3 for k in range(n - 1, -1, -1)]
+                pos += 4
+                na = (acc >> (end - pos)) & 15
+                pos += na * b
+                seg = (acc >> (end - pos)) & ((1 << na * b) - 1)
+                anchors = [(seg >> (b * k)) & mask for k in range(na - 1, -1, -1)]
+                pos += 8 * n + 64
+                seg = (acc >> (end - pos)) & ((1 << (8 * n + 64)) - 1)
+                raw = seg.to_bytes(n + 8, "big")
+                lo, hi = struct.unpack(">ff", raw[n:])
+                pos += 8 * n
+                qs = ((acc >> (end - pos)) & ((1 << 8 * n) - 1)).to_bytes(n, "big")
+                shelves.append((t, arg, titles, (slots, anchors, raw[:n], lo, hi, qs)))
+            pos += _COUNT_BITS
+            nh = (acc >> (end - pos)) & 127
+            pos += nh * b
+            seg = (acc >> (end - pos)) & ((1 << nh * b) - 1)
+            hidden = {(seg >> (b * k)) & mask for k in range(nh)}
+        except ValueError:  # a shift past the blob's end
+            raise InvalidInput(FieldError("page", "truncated page blob")) from None
+        shared = shared_for(region)
+        out = []
+        for t, arg, titles, top in shelves:
+            if titles is None:
+                got = shared.get(shared_key(t, region))
+                if got is None:
+                    continue
+                _, _, st, _, frags, body = self._shared_entry(got, _SHARED_CODE[t], region)
+                if hidden and not hidden.isdisjoint(st):
+                    frags = [f for x, f in zip(st, frags) if x not in hidden]
+                    body = b",".join(frags)
+                if not frags:
+                    continue
+            elif top is not None:
+                slots, anchors, packed, lo, hi, qs = top
+                genres = self.f.title_genres
+                parts = []
+                span = hi - lo
+                scores = _scores_json([lo + q / 255.0 * span for q in qs])
+                for x, k, p, sc in zip(titles, slots, packed, scores):
+                    c, p = p >> 4, p & 15
+                    a = -1
+                    if p != NONE_NIBBLE:
+                        if c in R.GENRE_ARG:
+                            tg = genres[x]
+                            a = int(tg[p]) if p < len(tg) else -1
+                        elif c in R.TITLE_ARG:
+                            a = anchors[p] if p < len(anchors) else -1
+                        else:
+                            a = p
+                    parts.append(titles_json[x] + tail[((a + 1) << 6 | c << 2 | k, region)] + sc + b"}")
+                body = b",".join(parts)
+            else:
+                if not titles:
+                    continue
+                code, rarg = _ROW_REASON[t], (-1 if t == CONTINUE else arg)
+                last = tail[((rarg + 1) << 6 | code << 2, region)] + b"null}"
+                body = (last + b",").join(map(titles_json.__getitem__, titles)) + last
+            out.append(header[(t, arg, region)] + body + b"]}")
+        return b"".join((b'{"user_id":', orjson.dumps(user_id), b',"model_version":',
+                         orjson.dumps(model_version), b',"generated_at":',
+                         self._stamp_json[(head >> 4) & 0x3FFFFFFFF], b',"mode":',
+                         _MODE_JSON[head >> 38], b',"shelves":[', b",".join(out), b"]}"))
+
     def decode(self, blob: bytes, user_id: str, model_version: str,
                shared: Mapping[str, SharedShelf | bytes] | None = None) -> dict:
         """The Page document from a cached blob and the region's shared shelves."""
@@ -503,6 +619,12 @@ class Assembler:
 
 
 _SHARED_CODE = {TRENDING: R.TRENDING, TOP10: R.TOP10, NEW: R.NEW_RELEASE, TOP10_GLOBAL: R.TOP10_GLOBAL}
+_MODE_JSON = [orjson.dumps(m) for m in MODES]
+
+
+def _encode_stamp(ts: int) -> bytes:
+    """``generated_at`` of a page written at unix time ``ts``, as the document's JSON string."""
+    return orjson.dumps(dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z"))
 
 
 _TRAILING_ZEROS = re.compile(r"0+(?=,)")
@@ -515,8 +637,13 @@ def _scores_json(scores: list[float]) -> list[bytes]:
     that decimal has at most 15 significant digits, so it is the shortest that reads back as the
     rounded float, which is what orjson writes, and a format of the whole list writes them all
     at once. Other values (or NaN) take the slow road."""
-    if not all(1e-3 <= abs(x) < 1e9 for x in scores):
-        return orjson.dumps([round(x, 6) for x in scores])[1:-1].split(b",") if scores else []
+    if not scores:
+        return []
+    lo, hi, total = min(scores), max(scores), sum(scores)
+    # every |x| in [1e-3, 1e9) when the extremes are on one side of zero and inside it (a NaN
+    # anywhere makes the sum NaN)
+    if total != total or not (1e-3 <= lo and hi < 1e9 or -1e9 < lo and hi <= -1e-3):
+        return orjson.dumps([round(x, 6) for x in scores])[1:-1].split(b",")
     text = _TRAILING_ZEROS.sub("", ("%.6f," * len(scores)) % tuple(scores)).replace(".,", ".0,")
     return text.encode().split(b",")[:-1]
 

@@ -207,7 +207,9 @@ class AsyncReads:
         Raises:
             Unavailable: no connection, no reply within ``timeout``, or an error reply.
         """
-        conn = await self._connection()
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
         return await conn.call(_pack(*args), self.timeout)
 
     async def get(self, key: str) -> bytes | None:
@@ -243,6 +245,7 @@ class _RespProtocol(asyncio.Protocol):
         self.transport = None
         self.closed = False
         self.outbox: list[bytes] | None = None  # commands waiting for this loop turn's one write
+        self.watchdog = None  # one timer for the oldest reply still awaited (not one per command)
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -254,8 +257,7 @@ class _RespProtocol(asyncio.Protocol):
             reply = self.reader.gets()
             if reply is False:
                 return
-            fut, timer = self.waiting.popleft()
-            timer.cancel()
+            fut = self.waiting.popleft()[0]
             if not fut.done():
                 fut.set_result(reply)
 
@@ -273,16 +275,28 @@ class _RespProtocol(asyncio.Protocol):
 
     def _fail(self, why: str) -> None:
         self.closed = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         while self.waiting:
-            fut, timer = self.waiting.popleft()
-            timer.cancel()
+            fut = self.waiting.popleft()[0]
             if not fut.done():
                 fut.set_exception(Unavailable(f"redis {why}"))
 
-    def _expire(self, fut) -> None:
-        if not fut.done():
-            fut.set_exception(Unavailable("redis did not answer in time"))
-        self.close()  # the replies still to come would answer the wrong commands
+    def _watch(self) -> None:
+        """The watchdog's turn: fail everything if the oldest command awaited is past its
+        deadline, else wake again at that deadline (replies that came in time moved it)."""
+        self.watchdog = None
+        if not self.waiting or self.closed:
+            return
+        deadline = self.waiting[0][1]
+        if self.loop.time() >= deadline:
+            fut = self.waiting[0][0]
+            if not fut.done():
+                fut.set_exception(Unavailable("redis did not answer in time"))
+            self.close()  # the replies still to come would answer the wrong commands
+        else:
+            self.watchdog = self.loop.call_at(deadline, self._watch)
 
     def close(self) -> None:
         if not self.closed:
@@ -301,7 +315,10 @@ class _RespProtocol(asyncio.Protocol):
         if self.closed:
             raise Unavailable("redis connection closed")
         fut = self.loop.create_future()
-        self.waiting.append((fut, self.loop.call_later(timeout, self._expire, fut)))
+        deadline = self.loop.time() + timeout
+        self.waiting.append((fut, deadline))
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_at(deadline, self._watch)
         if self.outbox is None:
             self.outbox = [payload]
             self.loop.call_soon(self._flush)
