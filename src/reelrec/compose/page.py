@@ -542,18 +542,18 @@ class Assembler:
                 n = (acc >> (end - pos)) & 127
                 pos += n * b
                 seg = (acc >> (end - pos)) & ((1 << n * b) - 1)
-                titles = [(seg >> (b * k)) & mask for k in range(n - 1, -1, -1)]
+                titles = [(seg >> k) & mask for k in range((n - 1) * b, -1, -b)]
                 if t != TOP_PICKS:
                     shelves.append((t, arg, titles, None))
                     continue
                 pos += 2 * n
                 seg = (acc >> (end - pos)) & ((1 << 2 * n) - 1)
-                slots = [(seg >> (2 * k)) & 3 for k in range(n - 1, -1, -1)]
+                slots = [(seg >> k) & 3 for k in range(2 * n - 2, -1, -2)]
                 pos += 4
                 na = (acc >> (end - pos)) & 15
                 pos += na * b
                 seg = (acc >> (end - pos)) & ((1 << na * b) - 1)
-                anchors = [(seg >> (b * k)) & mask for k in range(na - 1, -1, -1)]
+                anchors = [(seg >> k) & mask for k in range((na - 1) * b, -1, -b)]
                 pos += 8 * n + 64
                 seg = (acc >> (end - pos)) & ((1 << (8 * n + 64)) - 1)
                 raw = seg.to_bytes(n + 8, "big")
@@ -598,8 +598,8 @@ class Assembler:
                             a = anchors[p] if p < len(anchors) else -1
                         else:
                             a = p
-                    parts.append(titles_json[x] + tail[((a + 1) << 6 | c << 2 | k, region)] + sc + b"}")
-                body = b",".join(parts)
+                    parts += (titles_json[x], tail[((a + 1) << 6 | c << 2 | k, region)], sc, b"},")
+                body = b"".join(parts)[:-1]
             else:
                 if not titles:
                     continue

@@ -20,7 +20,7 @@ import weakref
 
 from reelrec.errors import Conflict, InvalidInput, NotFound
 from reelrec.log import get_logger
-from reelrec.storage._redis import connect, connect_reads, redacted, translated
+from reelrec.storage._redis import AsyncReads, connect, connect_reads, redacted, translated
 from reelrec.storage.cache import CacheRead, HomepageCache, _check_items, _check_version, _ttl
 
 log = get_logger(__name__)
@@ -124,6 +124,14 @@ class RedisCache(HomepageCache):
     async def aget_many(self, keys, *, version=None):
         """``get_many`` on an asyncio client (one per event loop, ``connect_reads``): the same
         commands, without a worker thread per read."""
+        seen, client = self._seen_version, self._async_client()
+        if version is None and seen is not None and type(client) is AsyncReads:
+            # the usual read, without the generator: the pointer and the pages under the version
+            # last seen, in one MGET (AsyncReads raises reelrec's own errors)
+            k = self._k
+            res = await client.mget([self._cur, *[k(seen, key) for key in keys]])
+            if res[0] is not None and res[0].decode() == seen:
+                return CacheRead(seen, res[1:])
         reads = self._reads(list(keys), version)
         with translated("MGET", self.url):
             r = self._async_client()
