@@ -9,11 +9,12 @@ thousands of users per call and the speed layer scores one with the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
 
+from reelrec.errors import InvalidInput
 from reelrec.recall.ann import ANNIndex, is_member
 from reelrec.recall.als import ALSParams, fold_in, topk_entries, topk_excluding
 from reelrec.recall.popular import TitleStats, genre_affinity, genre_pop_scores, new_scores, trending_scores
@@ -57,6 +58,10 @@ class UserState:
     events_week: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # activity last week
     # (B, 16) share of the user's events in each (device, local daypart) cell (domain.users.context_cell)
     context: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), np.float32))
+    # the request being scored for (domain.users.RequestContext): device index (-1 unknown) and
+    # local hour (NaN unknown); unknown falls back to the user's most frequent cell of ``context``
+    req_device: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    req_hour: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
 
     def __len__(self) -> int:
         return self.positives.shape[0]
@@ -82,7 +87,24 @@ class UserState:
             self.events_week = np.zeros(b, np.float32)
         if len(self.context) != b:
             self.context = np.zeros((b, 16), np.float32)
+        if len(self.req_device) != b:
+            self.req_device = np.full(b, -1, np.int64)
+        if len(self.req_hour) != b:
+            self.req_hour = np.full(b, np.nan)
         return self
+
+    def with_request(self, request) -> "UserState":
+        """The same users scored for ``request`` (a ``RequestContext`` with one row per user;
+        None: no request, each user's habitual cell stands in).
+
+        Raises:
+            InvalidInput: the request context has another number of rows."""
+        if request is None:
+            return replace(self, req_device=np.full(len(self), -1, np.int64), req_hour=np.full(len(self), np.nan))
+        if len(request) != len(self):
+            raise InvalidInput(f"request context for {len(request)} users, state of {len(self)}", field="context")
+        return replace(self, req_device=np.asarray(request.device, np.int64),
+                       req_hour=np.asarray(request.hour, np.float64))
 
 
 @dataclass
