@@ -41,6 +41,7 @@ from reelrec.recall.ann import ANNConfig, ANNIndex
 from reelrec.recall.candidates import (DEFAULT_QUOTAS, Artifacts, Candidates, UserState, dense_scores,
                                        merge, run_sources)
 from reelrec.recall.covisit import EASE_MAX_TITLES, covisitation, ease
+from reelrec.recall.itemitem import build as build_item_item
 from reelrec.recall.popular import compute_stats, seconds
 from reelrec.recommender import TrainData
 
@@ -67,6 +68,8 @@ class PipelineConfig:
     # ablation that measures what they add ("reelrec-ranker-nocontext")
     context_features: bool = True
     ann: ANNConfig = field(default_factory=ANNConfig)
+    # further item-item sources (recall.itemitem), name -> parameters; each needs a quota
+    item_item: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -204,8 +207,12 @@ def fit_stage1(positives: sp.csr_matrix, ts: sp.csr_matrix, negatives: sp.csr_ma
     with progress.step("title statistics"):
         stats, clusters = compute_stats(events, catalog.table, user_ids, positives, regions, ref,
                                         als_model.user_factors, cfg.clusters)
+    item_item = {}
+    for name, params in cfg.item_item.items():
+        with progress.step(name):
+            item_item[name] = build_item_item(name, positives, params)
     art = Artifacts(np.asarray(catalog.ids, dtype=object), vectors, ~trained, als_params, index, cov, stats,
-                    b, ref.timestamp())
+                    b, ref.timestamp(), item_item)
     with progress.step("user context"):
         ctx = user_context(events, user_ids, stats.genre_names, ref, regions)
     exclude = (negatives > 0).astype(np.float32)
@@ -653,6 +660,9 @@ def save_pipeline(pipe: Pipeline, folder) -> None:
         sp.save_npz(f, sp.csr_matrix(a.covisit), compressed=False)
     if a.ease is not None:
         np.save(folder / "ease.npy", a.ease)
+    for name, w in a.item_item.items():
+        with open(folder / f"item_item.{name}.npz", "wb") as f:
+            sp.save_npz(f, sp.csr_matrix(w), compressed=False)
     a.ann.save(folder / "ann.faiss")
     if pipe.ranker is not None:
         (folder / "ranker.txt").write_text(pipe.ranker.model_to_string())
@@ -678,8 +688,11 @@ def load_pipeline(folder, config: dict) -> Pipeline:
     stats = TitleStats.from_arrays({k[len("stats."):]: v for k, v in arrays.items() if k.startswith("stats.")})
     cov = sp.load_npz(folder / "covisit.npz").tocsr()
     eb = np.load(folder / "ease.npy", allow_pickle=False) if (folder / "ease.npy").exists() else None
+    item_item = {p.name[len("item_item."):-len(".npz")]: sp.load_npz(p).tocsr()
+                 for p in sorted(folder.glob("item_item.*.npz"))}
     art = Artifacts(arrays["title_ids"].astype(object), arrays["item_factors"], arrays["content"].astype(bool),
-                    cfg.als, ANNIndex.load(folder / "ann.faiss", cfg.ann, arrays["item_factors"]), cov, stats, eb, float(arrays["ref_s"]))
+                    cfg.als, ANNIndex.load(folder / "ann.faiss", cfg.ann, arrays["item_factors"]), cov, stats, eb,
+                    float(arrays["ref_s"]), item_item)
     users = user_ids = None
     if "user_ids" in arrays:
         user_ids = arrays["user_ids"].astype(object)

@@ -36,6 +36,8 @@ class Artifacts:
     stats: TitleStats
     ease: np.ndarray | None = None  # (N, N) float32, catalogs up to EASE_MAX_TITLES
     ref_s: float = 0.0  # reference time (end of the training data), epoch seconds
+    # further item-item sources by name (recall.itemitem: "rp3beta", "itemknn"), sparse (N, N)
+    item_item: dict = field(default_factory=dict)
 
     def __getstate__(self) -> dict:
         # lists derived from the arrays (``_cached``) are rebuilt where they are used, not shipped
@@ -228,6 +230,11 @@ def dense_scores(art: Artifacts, state: UserState, sources=SOURCES) -> dict:
         out["new"] = _region_block(art, "new", state)
     if "genre_pop" in sources:
         out["genre_pop"] = _genre_pop_block(art, state)
+    for name, w in art.item_item.items():
+        if name in sources:
+            x = sp.csr_matrix(state.positives, dtype=np.float32)
+            x.data[:] = 1.0
+            out[name] = _sparse_block(x @ w)
     return out
 
 
@@ -268,7 +275,7 @@ def run_sources(art: Artifacts, state: UserState, quotas: dict[str, int],
                 cols, sc = art.ann.search(state.vectors, q, exclude)
         elif name in ("trending", "new") and name in dense:
             cols, sc = shared_topk(art, name, state, q)
-        elif name == "covisit" and name in dense:
+        elif (name == "covisit" or name in art.item_item) and name in dense:
             cols, sc = covisit_topk(art, state, q, dense[name])
         elif name == "genre_pop" and name in dense:
             cols, sc = genre_pop_topk(art, state, q, dense[name], exclude)
