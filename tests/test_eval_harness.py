@@ -140,3 +140,25 @@ def test_model_params_become_plain_json():
     out = _jsonable({"als": Params(), "n": np.int64(3), "other": object})
     assert json.loads(json.dumps(out)) == {"als": {"factors": 64, "grid": [1.0, 2.0]}, "n": 3,
                                            "other": str(object)}
+
+
+def test_temporal_protocol_passes_each_test_users_request(tiny, monkeypatch):
+    """A model that can score for a request gets the split's (one row per test user) on the
+    temporal protocol; the other models and msr-stratified call plain ``recommend``."""
+    import reelrec.eval.harness as H
+    from reelrec.eval.models import PopularityRecommender, Resolved
+    calls = []
+
+    class Ctx(PopularityRecommender):
+        def recommend_in_context(self, users, k, request):
+            calls.append((len(users), len(request)))
+            return self.recommend(users, k)
+
+    monkeypatch.setattr(H, "resolve", lambda name, seed=0: Resolved(name, Ctx()))
+    data, _ = tiny
+    doc = evaluate(load_settings(data_dir=data), "temporal", k=5, models=["popularity"])
+    assert calls and calls[0][0] == calls[0][1] == doc["split"]["test_users"]
+    assert doc["split"]["request_context_known"] == 0  # rating events carry no device
+    calls.clear()
+    evaluate(load_settings(data_dir=data), "msr-stratified", k=5, models=["popularity"])
+    assert not calls

@@ -109,10 +109,10 @@ def behaviour_world():
             [("b", t) for t in ["t0", "t2", "t3", "t4"] + filler]
     spec = [(u, t, "complete", i * 0.25, {}) for i, (u, t) in enumerate(train)] + [
         # test window (>= minute 8)
-        ("a", "t5", "progress", 8, {"position_s": 5700.0, "watched_s": 5700.0}),  # 95 %: positive
-        ("a", "t6", "progress", 9, {"position_s": 3000.0, "watched_s": 3000.0}),  # 50 %: not
+        ("a", "t5", "progress", 8, {"position_s": 5700.0, "watched_s": 5700.0, "device": "mobile"}),  # 95 %: positive
+        ("a", "t6", "progress", 9, {"position_s": 3000.0, "watched_s": 3000.0, "device": "tv"}),  # 50 %: not
         ("a", "t7", "rating", 9.5, {"rating": 3.0}),  # below 4: not
-        ("b", "t6", "thumbs_up", 10, {}),  # positive
+        ("b", "t6", "thumbs_up", 10, {"device": "tv", "region": "JP"}),  # positive
         ("b", "t7", "rating", 10.5, {"rating": 4.0}),  # positive
         ("b", "t0", "complete", 11, {}),  # seen in training: never a target
         ("c", "t1", "complete", 12, {}),  # unknown in training: not a test user
@@ -144,6 +144,30 @@ def test_temporal_positives_and_test_users():
            for i, r in enumerate(split.test_rows)}
     assert rel == {"a": {"t5"}, "b": {"t6", "t7"}}
     assert "c" not in set(split.test_events.column("user_id").to_pylist())
+
+
+def test_temporal_request_is_each_test_users_first_test_event():
+    """The request a test user is scored for: the device and local hour of their first test event
+    (the event's region's time zone, else the user's); msr-stratified has none."""
+    from reelrec.domain.users import USER_SCHEMA
+    events, catalog = behaviour_world()
+    users = pa.Table.from_pylist([{"user_id": "a", "region": "US"}, {"user_id": "b", "region": "GB"}],
+                                 schema=USER_SCHEMA)
+    split = make_split(events, catalog, "temporal", users=users)
+    m = split.train.matrix
+    got = {m.user_ids[r]: (int(split.request.device[i]), float(split.request.hour[i]))
+           for i, r in enumerate(split.test_rows)}
+    base_h = 1_700_000_000 / 3600.0
+    assert got["a"][0] == 1 and got["a"][1] == pytest.approx((base_h + 8 / 60 - 5) % 24)  # US, mobile
+    assert got["b"][0] == 0 and got["b"][1] == pytest.approx((base_h + 10 / 60 + 9) % 24)  # the event's JP
+    assert len(split.request) == len(split.test_rows)
+    assert make_split(*random_world_with_catalog(), "msr-stratified", seed=42).request is None
+
+
+def random_world_with_catalog():
+    ev = random_ratings(4)
+    return ev, Catalog(catalog_table([f"t{i}" for i in range(60)], [f"T{i}" for i in range(60)],
+                                     [["drama"]] * 60))
 
 
 def test_stratified_make_split_builds_disjoint_train_and_relevant():

@@ -313,3 +313,108 @@ def test_a_version_saved_before_the_context_cells_loads_and_scores(tmp_path):
     x = pipe.features(state, *pipe.candidates(state))
     fit = x[:, :, pipe.ranker.feature_name().index("context_fit")]
     assert (fit[np.isfinite(fit)] == 0).all()
+
+
+def test_temporal_window_request_is_the_first_label_event_and_nothing_else():
+    """A temporal window's request is the device and local hour of each user's first event after
+    the inner cutoff (the event's region's time zone, else the user's); the labels' titles,
+    types and later events do not reach it, nor the features built with it."""
+    base = batch_world.train_data()
+    data = batch_world.train_data(_late_title_events(base), cutoff=batch_world.T0 + dt.timedelta(days=30))
+    w = label_window(data.events, data.matrix, data.catalog, data.cutoff, RankerParams(),
+                     regions=np.array(["GB"] * 30 + ["US"] * 30, dtype=object))
+    assert w.request is not None and len(w.request) == data.matrix.shape[0]
+    ev = data.events
+    t = ev.column("ts").to_pylist()
+    ids = data.matrix.user_index()
+    for u in ("u31", "u40", "u03"):
+        mine = [(ts, d) for ts, d, uu in zip(t, ev.column("device").to_pylist(), ev.column("user_id").to_pylist())
+                if uu == u and ts >= w.ref]
+        r = ids[u]
+        if not mine:
+            assert w.request.device[r] == -1 and np.isnan(w.request.hour[r])
+            continue
+        ts, dev = min(mine)
+        off = -5.0 if int(u[1:]) >= 30 else 0.0  # US / GB (the events carry no region)
+        assert w.request.device[r] == ["tv", "mobile", "tablet", "web"].index(dev)
+        assert w.request.hour[r] == pytest.approx((ts.timestamp() / 3600.0 + off) % 24.0)
+    # the late t40 watches (day 20, tv) are the first label event of group B users 30-44 with no other
+    late = [ids[f"u{u:02d}"] for u in range(30, 45)]
+    assert (w.request.device[late] >= 0).all()
+
+    # scramble everything of the label events but each user's first event's device and time
+    # (their times stay, so the inner cutoff stays): titles, types, and later events' devices
+    after = pc.greater_equal(ev.column("ts"), pa.scalar(w.ref, EVENT_SCHEMA.field("ts").type))
+    before_ev, label_ev = ev.filter(pc.invert(after)), ev.filter(after)
+    label_ev = label_ev.sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    users_l = label_ev.column("user_id").to_pylist()
+    first = np.array([i == 0 or users_l[i] != users_l[i - 1] for i in range(len(users_l))])
+    n = label_ev.num_rows
+    devices = np.where(first, np.array(label_ev.column("device").to_pylist(), dtype=object), "web")
+    scrambled = label_ev.set_column(label_ev.schema.get_field_index("title_id"), "title_id",
+                                    pa.array(["t00"] * n, pa.string()))
+    scrambled = scrambled.set_column(scrambled.schema.get_field_index("type"), "type",
+                                     pa.array(["search"] * n, pa.string()))
+    scrambled = scrambled.set_column(scrambled.schema.get_field_index("device"), "device",
+                                     pa.array(list(devices), pa.string()))
+    w2 = label_window(pa.concat_tables([before_ev, scrambled.cast(ev.schema)]), data.matrix, data.catalog,
+                      data.cutoff, RankerParams(), regions=np.array(["GB"] * 30 + ["US"] * 30, dtype=object))
+    assert w2.ref == w.ref and w2.labels.nnz == 0  # the labels are gone, the request is not
+    np.testing.assert_array_equal(w.request.device, w2.request.device)
+    np.testing.assert_array_equal(w.request.hour, w2.request.hour)
+    # and the window's features, built for that request, are the same either way
+    s1, cands, _, names = _window_features(data, w)
+    st = s1.users.with_request(w.request)
+    x = build_features(s1.art, st, cands, {})
+    st2 = s1.users.with_request(w2.request)
+    np.testing.assert_allclose(x, build_features(s1.art, st2, cands, {}), equal_nan=True)
+
+
+def test_request_features_read_the_request_cell_else_the_users_habit():
+    data = batch_world.train_data()
+    cfg = small_config()
+    m = data.matrix
+    s1 = fit_stage1(m.positives, _ts(data), m.negatives, m.finished, data.events, data.catalog, m.user_ids,
+                    data.users, batch_world.T0 + dt.timedelta(days=30), cfg, cfg.als, None)
+    from reelrec.domain.users import RequestContext
+    from reelrec.recall.candidates import Candidates
+    from reelrec.rank.features import REQUEST_FEATURES
+    ids = m.user_index()
+    rows = np.array([ids["u00"], ids["u01"]])  # tv / mobile users of GB
+    state = s1.users.take(rows)
+    lift = s1.art.stats.context_lift
+    t00, t09 = data.catalog.index_of("t00"), data.catalog.index_of("t09")
+    cands = Candidates(np.array([[t00, t09], [t00, t09]]), np.zeros((2, 2, 1), np.float32), ("ann",))
+    names = feature_names(("ann",))
+    col = {n: names.index(n) for n in REQUEST_FEATURES}
+    # no request: the user's most frequent (device, local daypart) cell stands in
+    x = build_features(s1.art, state, cands, {})
+    top = np.argmax(state.context, axis=1)
+    assert top[0] // 4 == 0 and top[1] // 4 == 1  # tv, mobile
+    np.testing.assert_allclose(x[:, :, col["req_lift"]], lift[np.array([[t00, t09]]), top[:, None]], rtol=1e-6)
+    assert x[0, 0, col["req_runtime_x_tv"]] == pytest.approx(100 / 60) and x[0, 0, col["req_runtime_x_mobile"]] == 0
+    # a request from a phone at 08:00 local: the cell (mobile, morning) for both users
+    req = RequestContext.of("mobile", 8, n=2)
+    assert (req.cell == 1 * 4 + 1).all()
+    xr = build_features(s1.art, state.with_request(req), cands, {})
+    np.testing.assert_allclose(xr[:, :, col["req_lift"]], lift[[t00, t09], 5][None, :].repeat(2, 0), rtol=1e-6)
+    assert (xr[:, :, col["req_hour"]] == 8).all()
+    assert xr[0, 0, col["req_runtime_x_mobile"]] == pytest.approx(100 / 60)
+    assert xr[0, 1, col["req_runtime_x_mobile"]] == pytest.approx(40 / 60)  # a series: its episode
+    fit = x[:, :, names.index("context_fit")]
+    np.testing.assert_allclose(xr[:, :, col["req_lift_vs_fit"]], xr[:, :, col["req_lift"]] - fit, rtol=1e-5, atol=1e-6)
+    # everything but the request features is the same
+    other = [i for i, n in enumerate(names) if n not in REQUEST_FEATURES]
+    np.testing.assert_allclose(x[:, :, other], xr[:, :, other], equal_nan=True)
+
+
+def test_ranker_recommends_for_a_request_context():
+    data = batch_world.train_data(cutoff=batch_world.T0 + dt.timedelta(days=10))
+    rec = RankerRecommender(small_config()).fit(data)
+    from reelrec.domain.users import RequestContext
+    rows = np.arange(10)
+    out = rec.recommend_in_context(rows, 5, RequestContext.of("tv", 21, n=10))
+    assert out.shape == (10, 5)
+    np.testing.assert_array_equal(rec.recommend(rows, 5), rec.recommend_in_context(rows, 5, RequestContext.unknown(10)))
+    with pytest.raises(Exception):
+        rec.recommend_in_context(rows, 5, RequestContext.unknown(3))

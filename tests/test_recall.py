@@ -372,3 +372,19 @@ def test_recall_with_ties_counts_equal_scores():
     assert recall_with_ties(np.array([[0, 3]]), q, v, exact_s) == 0.5
     assert recall_with_ties(np.array([[1, 2]]), q, v, exact_s) == 1.0
     assert recall_with_ties(np.array([[4, -1]]), q, v, exact_s) == 0.0
+
+
+def test_rp3beta_and_item_knn_by_hand():
+    """Two blocks of titles watched by two groups of users: each title's neighbours are its own
+    block; RP3beta is the walk's probability over popularity^beta, item-kNN the shrunk cosine."""
+    from reelrec.recall.itemitem import item_knn, rp3beta
+    x = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 1, 1], [0, 0, 1, 1]], np.float32))
+    w = rp3beta(x, alpha=1.0, beta=0.0, top=10).toarray()
+    # from title 0: users 0 and 1 (1/2 each); user 0 -> titles 0, 1 (1/2); user 1 -> 0, 1, 2 (1/3)
+    assert w[0, 1] == pytest.approx(0.5 * 0.5 + 0.5 / 3) and w[0, 2] == pytest.approx(0.5 / 3)
+    assert w[0, 0] == 0 and w[0, 3] == 0
+    wb = rp3beta(x, alpha=1.0, beta=1.0, top=10).toarray()
+    assert wb[0, 2] == pytest.approx(w[0, 2] / 3)  # title 2 has three users
+    k = item_knn(x, top=10, shrink=0.0).toarray()
+    assert k[0, 1] == pytest.approx(2 / np.sqrt(2 * 2)) and k[0, 2] == pytest.approx(1 / np.sqrt(2 * 3))
+    assert (rp3beta(x, top=1).getnnz(axis=1) <= 1).all() and (item_knn(x, top=1).getnnz(axis=1) <= 1).all()

@@ -82,3 +82,48 @@ def test_redelivered_events_are_applied_once(tiny_world):
         assert first.recomputed == ["u-dup"] and first.duplicates == 0
         assert again.duplicates == 3 and again.recomputed == []
         assert len(layer._log("u-dup")) == 3
+
+
+def test_recompute_scores_for_the_session_in_progress(tiny_world, monkeypatch):
+    """The page recomputed after a user's events is scored for the request of that session: the
+    device and local hour of their latest event (the event's region's time zone); a known user
+    keeps the habits of their training row."""
+    import numpy as np
+    from reelrec.domain.users import REGION_UTC_OFFSET_H
+    from reelrec.homepage import ServingModel
+    from reelrec.speed.layer import SpeedLayer
+    from reelrec.storage.cache import open_cache
+    from reelrec.storage.state import open_state
+    seen = []
+    real = ServingModel.candidates_for_state
+
+    def spy(self, state, k=150):
+        seen.append(state)
+        return real(self, state, k)
+
+    monkeypatch.setattr(ServingModel, "candidates_for_state", spy)
+    cat = Catalog.load(tiny_world.data_dir)
+    r = cat.table.to_pylist()[1]
+    with open_cache("memory://") as cache, open_state("memory://") as state, \
+            open_cache(tiny_world.cache) as src:
+        version = src.current_version()
+        cache.put({"s:probe": b"x"}, version=version)
+        cache.publish(version)
+        layer = SpeedLayer(tiny_world, cache, state)
+        known = str(layer.model().pipeline.user_ids[0])
+        t0 = time.time() - 900
+        events = []
+        for user in ("u-phone", known):
+            evs = _watch(r["title_id"], user, t0, (r["runtime_min"] or 50) * 60)
+            evs[-1].update(device="mobile", region="JP")  # the latest event: a phone in Japan
+            events += evs
+        layer.apply(events)
+    st = seen[-1]
+    local = ((t0 + 61) / 3600.0 + REGION_UTC_OFFSET_H["JP"]) % 24.0
+    assert list(st.req_device) == [1, 1]
+    np.testing.assert_allclose(st.req_hour, [local, local])
+    pipe = layer.model().pipeline
+    users = sorted(["u-phone", known])
+    row = users.index(known)
+    np.testing.assert_allclose(st.context[row], pipe.users.context[0])
+    assert not st.context[1 - row].any()  # no training row: no habits

@@ -238,3 +238,27 @@ def test_registry_names_and_candidate_stage():
     for i in range(2):
         got = c[i][c[i] >= 0]
         assert len(got) == len(set(got.tolist())) > 10 and not seen[i, got].any()
+
+
+def test_item_item_sources_are_candidates_features_and_survive_a_version(tmp_path):
+    """RP3beta and item-kNN, when configured, are stage-1 sources and ranker features, and a
+    saved version scores the same after loading."""
+    from reelrec.recall.candidates import DEFAULT_QUOTAS
+    s = _settings(tmp_path)
+    cfg = small_config(item_item={"rp3beta": {"alpha": 0.8, "beta": 0.3, "top": 50}, "itemknn": {"top": 50}},
+                       quotas={**DEFAULT_QUOTAS, "rp3beta": 30, "itemknn": 30})
+    res = train(s, cfg)
+    assert {"item_item.rp3beta.npz", "item_item.itemknn.npz"} <= set(res.manifest["files"])
+    loaded = load_model(s, res.version)
+    assert set(loaded.art.item_item) == {"rp3beta", "itemknn"}
+    names = loaded.ranker.feature_name()
+    assert "rp3beta_rank" in names and "itemknn_z" in names
+    state = loaded.users.take(np.arange(10))
+    cands, _ = loaded.candidates(state)
+    assert {"rp3beta", "itemknn"} <= set(cands.sources)
+    assert np.isfinite(cands.rank[:, :, cands.sources.index("rp3beta")]).any()
+    from reelrec.recall.itemitem import item_knn, rp3beta
+    np.testing.assert_allclose(loaded.art.item_item["rp3beta"].toarray(),
+                               rp3beta(loaded.users.positives, alpha=0.8, beta=0.3, top=50).toarray(), rtol=1e-6)
+    np.testing.assert_allclose(loaded.art.item_item["itemknn"].toarray(),
+                               item_knn(loaded.users.positives, top=50).toarray(), rtol=1e-6)

@@ -38,6 +38,7 @@ from reelrec.compose.shelves import (SHARED_TYPES, ComposedPage, SharedShelf, sh
 from reelrec.config import Settings
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import index_of
+from reelrec.domain.users import RequestContext
 from reelrec.errors import Conflict, NotFound, Unavailable
 from reelrec.log import get_logger
 from reelrec.storage.cache import page_key, shelf_key
@@ -47,7 +48,7 @@ UTC = dt.timezone.utc
 
 # the pipeline's source names -> composition's source codes (reasons depend on them)
 _SOURCE_MAP = {"ann": "ann", "ease": "covisit", "covisit": "covisit", "trending": "trending",
-               "new": "new", "genre_pop": "genre"}
+               "new": "new", "genre_pop": "genre", "rp3beta": "covisit", "itemknn": "covisit"}
 CANDIDATES_PER_USER = 150
 STRONG_POSITIVE = 2.0  # weight from which a title can seed "Because you watched X"
 RECENT_POSITIVES = 5
@@ -215,9 +216,11 @@ class ServingModel:
         return cls(version, pipeline, features, settings.compose)
 
     # --- candidates ------------------------------------------------------------------------
-    def candidates_for_rows(self, rows: np.ndarray, k: int = CANDIDATES_PER_USER) -> list[Candidates]:
-        """Ranked candidates of training users (pipeline rows), one batch."""
-        state = self.pipeline.users.take(np.asarray(rows, np.int64))
+    def candidates_for_rows(self, rows: np.ndarray, k: int = CANDIDATES_PER_USER,
+                            request: RequestContext | None = None) -> list[Candidates]:
+        """Ranked candidates of training users (pipeline rows), one batch, scored for their rows
+        of ``request`` (None, as precompute: each user's most frequent device and daypart)."""
+        state = self.pipeline.users.take(np.asarray(rows, np.int64)).with_request(request)
         return self.candidates_for_state(state, k)
 
     def candidates_for_state(self, state, k: int = CANDIDATES_PER_USER) -> list[Candidates]:

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import InteractionMatrix
+from reelrec.domain.users import RequestContext
 
 
 @dataclass
@@ -45,3 +46,12 @@ class Recommender(Protocol):
         """Top-``k`` title columns for each user row in ``users``: an int array (len(users), k),
         best first, padded with -1. Titles the user interacted with in training (positives and
         exclusions) are never returned."""
+
+
+@runtime_checkable
+class ContextRecommender(Protocol):
+    """A model that can score each user for a request's context (device and local hour): the
+    temporal protocol passes each test user's (``reelrec.domain.users.RequestContext``)."""
+
+    def recommend_in_context(self, users: np.ndarray, k: int, request: RequestContext) -> np.ndarray:
+        """``Recommender.recommend``, each user scored for their row of ``request``."""

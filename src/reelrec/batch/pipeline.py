@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from reelrec.batch.progress import NullProgress
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import InteractionMatrix, index_of
-from reelrec.domain.users import DAYPARTS, DEVICES, context_cell, utc_offset_h
+from reelrec.domain.users import DAYPARTS, DEVICES, RequestContext, context_cell, utc_offset_h
 from reelrec.errors import Conflict, InvalidInput
 from reelrec.log import get_logger
 from reelrec.rank.features import build_features, feature_names
@@ -41,6 +41,7 @@ from reelrec.recall.ann import ANNConfig, ANNIndex
 from reelrec.recall.candidates import (DEFAULT_QUOTAS, Artifacts, Candidates, UserState, dense_scores,
                                        merge, run_sources)
 from reelrec.recall.covisit import EASE_MAX_TITLES, covisitation, ease
+from reelrec.recall.itemitem import build as build_item_item
 from reelrec.recall.popular import compute_stats, seconds
 from reelrec.recommender import TrainData
 
@@ -67,6 +68,8 @@ class PipelineConfig:
     # ablation that measures what they add ("reelrec-ranker-nocontext")
     context_features: bool = True
     ann: ANNConfig = field(default_factory=ANNConfig)
+    # further item-item sources (recall.itemitem), name -> parameters; each needs a quota
+    item_item: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -204,8 +207,12 @@ def fit_stage1(positives: sp.csr_matrix, ts: sp.csr_matrix, negatives: sp.csr_ma
     with progress.step("title statistics"):
         stats, clusters = compute_stats(events, catalog.table, user_ids, positives, regions, ref,
                                         als_model.user_factors, cfg.clusters)
+    item_item = {}
+    for name, params in cfg.item_item.items():
+        with progress.step(name):
+            item_item[name] = build_item_item(name, positives, params)
     art = Artifacts(np.asarray(catalog.ids, dtype=object), vectors, ~trained, als_params, index, cov, stats,
-                    b, ref.timestamp())
+                    b, ref.timestamp(), item_item)
     with progress.step("user context"):
         ctx = user_context(events, user_ids, stats.genre_names, ref, regions)
     exclude = (negatives > 0).astype(np.float32)
@@ -291,15 +298,21 @@ class Pipeline:
             names = np.pad(names, ((0, 0), (0, k - kk)), constant_values="")
         return cols, sc, names
 
-    def recommend_rows(self, rows: np.ndarray, k: int, progress=None) -> np.ndarray:
-        """Top-``k`` title columns for training users ``rows`` (batched)."""
+    def recommend_rows(self, rows: np.ndarray, k: int, progress=None,
+                       request: RequestContext | None = None) -> np.ndarray:
+        """Top-``k`` title columns for training users ``rows`` (batched), each scored for its
+        row of ``request`` (None: no request; each user's habitual cell stands in)."""
         if self.users is None:
             raise InvalidInput("this pipeline holds no user state; pass a UserState to score()", field="users")
         rows = np.asarray(rows, dtype=np.int64)
+        if request is not None and len(request) != len(rows):
+            raise InvalidInput(f"request context for {len(request)} users, {len(rows)} rows", field="context")
         out = np.full((len(rows), k), -1, dtype=np.int64)
         bs = self.cfg.batch_users
         for lo in range(0, len(rows), bs):
-            out[lo: lo + bs] = self.score(self.users.take(rows[lo: lo + bs]), k)[0]
+            sl = np.arange(lo, min(lo + bs, len(rows)))
+            state = self.users.take(rows[sl]).with_request(request.take(sl) if request is not None else None)
+            out[lo: lo + bs] = self.score(state, k)[0]
             if progress:
                 progress(len(rows[lo: lo + bs]))
         return out
@@ -311,8 +324,9 @@ class Pipeline:
 
     def state_from_history(self, positives: sp.spmatrix, ts: sp.spmatrix | None = None,
                            exclude: sp.spmatrix | None = None, region: str | None = None,
-                           vector: np.ndarray | None = None) -> UserState:
-        """The state of users known only by their interactions (e.g. the speed layer's online row)."""
+                           vector: np.ndarray | None = None, request: RequestContext | None = None) -> UserState:
+        """The state of users known only by their interactions (e.g. the speed layer's online row),
+        scored for ``request`` when given."""
         p = sp.csr_matrix(positives, dtype=np.float32)
         b = p.shape[0]
         vec = np.asarray(vector, np.float32).reshape(b, -1) if vector is not None else \
@@ -324,7 +338,8 @@ class Pipeline:
             cl = np.argmin(((vec[:, None, :] - st.centroids[None]) ** 2).sum(-1), axis=1)
         else:
             cl = np.zeros(b, np.int64)
-        return UserState(p, sp.csr_matrix(ts) if ts is not None else None, sp.csr_matrix(ex), vec, reg, cl)
+        state = UserState(p, sp.csr_matrix(ts) if ts is not None else None, sp.csr_matrix(ex), vec, reg, cl)
+        return state.with_request(request) if request is not None else state
 
 
 # --- fitting from TrainData ----------------------------------------------------------------------
@@ -392,7 +407,8 @@ def _window_rows(data: TrainData, w: Window, cfg: PipelineConfig, als_params: AL
     m = data.matrix
     s1 = fit_stage1(w.matrix.positives, w.ts, w.matrix.negatives, w.matrix.finished, w.events, data.catalog,
                     m.user_ids, data.users, w.ref, cfg, als_params, ease_lambda, progress, als_model)
-    pipe_w = Pipeline(s1.art, None, cfg, s1.users, s1.user_ids)
+    users = s1.users.with_request(w.request) if w.request is not None else s1.users
+    pipe_w = Pipeline(s1.art, None, cfg, users, s1.user_ids)
     n_users = min(int((np.diff(w.labels.indptr) > 0).sum()), cfg.ranker.max_users)
     with progress.step("ranker features", n_users) as adv:
         return ranker_dataset(pipe_w, w.labels, adv, cfg.ranker.max_users, seed)
@@ -408,8 +424,9 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
         raise InvalidInput("no positive interactions to train on", field="events")
     report: dict = {"users": int(m.shape[0]), "titles": int(m.shape[1]), "positives": int(m.positives.nnz)}
 
+    regions = user_regions(m.user_ids, data.users, data.events)
     with progress.step("label window"):
-        w = label_window(data.events, m, data.catalog, data.cutoff, cfg.ranker)
+        w = label_window(data.events, m, data.catalog, data.cutoff, cfg.ranker, regions=regions)
     wx = _window_matrix_exclude(w)
     labels = w.labels
     report["label_window"] = {"ref": w.ref.isoformat(), "labels": int(labels.nnz),
@@ -455,7 +472,7 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
         if wi > 0:
             with progress.step("label window"):
                 w = label_window(data.events, m, data.catalog, None,
-                                 replace(cfg.ranker, seed=cfg.ranker.seed + wi))
+                                 replace(cfg.ranker, seed=cfg.ranker.seed + wi), regions=regions)
             best_model = None
         d, h, t_ = _window_rows(data, w, cfg, als_params, ease_lambda, progress, cfg.ranker.seed + wi, best_model)
         parts.append(d)
@@ -473,7 +490,7 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
         for wi in range(n_inner):
             with progress.step("label window"):
                 wv = label_window(w0.events, w0.matrix, data.catalog, w0.ref if data.cutoff is not None else None,
-                                  replace(cfg.ranker, seed=cfg.ranker.seed + 100 + wi))
+                                  replace(cfg.ranker, seed=cfg.ranker.seed + 100 + wi), regions=regions)
             if wv.labels.nnz:
                 inner.append(_window_rows(data, wv, cfg, als_params, ease_lambda, progress,
                                           cfg.ranker.seed + 100 + wi)[0])
@@ -542,6 +559,13 @@ class RankerRecommender:
         if self.pipeline is None:
             raise InvalidInput("fit() before recommend()", field="model")
         return self.pipeline.recommend_rows(np.asarray(users), k)
+
+    def recommend_in_context(self, users: np.ndarray, k: int, request: RequestContext) -> np.ndarray:
+        """``recommend``, each user scored for their row of ``request`` (the evaluator passes the
+        device and local hour of each test user's first test event)."""
+        if self.pipeline is None:
+            raise InvalidInput("fit() before recommend()", field="model")
+        return self.pipeline.recommend_rows(np.asarray(users), k, request=request)
 
     def candidates(self, users: np.ndarray, n: int) -> np.ndarray:
         """The candidate stage alone: up to ``n`` title columns per user, best placed in any
@@ -636,6 +660,9 @@ def save_pipeline(pipe: Pipeline, folder) -> None:
         sp.save_npz(f, sp.csr_matrix(a.covisit), compressed=False)
     if a.ease is not None:
         np.save(folder / "ease.npy", a.ease)
+    for name, w in a.item_item.items():
+        with open(folder / f"item_item.{name}.npz", "wb") as f:
+            sp.save_npz(f, sp.csr_matrix(w), compressed=False)
     a.ann.save(folder / "ann.faiss")
     if pipe.ranker is not None:
         (folder / "ranker.txt").write_text(pipe.ranker.model_to_string())
@@ -661,8 +688,11 @@ def load_pipeline(folder, config: dict) -> Pipeline:
     stats = TitleStats.from_arrays({k[len("stats."):]: v for k, v in arrays.items() if k.startswith("stats.")})
     cov = sp.load_npz(folder / "covisit.npz").tocsr()
     eb = np.load(folder / "ease.npy", allow_pickle=False) if (folder / "ease.npy").exists() else None
+    item_item = {p.name[len("item_item."):-len(".npz")]: sp.load_npz(p).tocsr()
+                 for p in sorted(folder.glob("item_item.*.npz"))}
     art = Artifacts(arrays["title_ids"].astype(object), arrays["item_factors"], arrays["content"].astype(bool),
-                    cfg.als, ANNIndex.load(folder / "ann.faiss", cfg.ann, arrays["item_factors"]), cov, stats, eb, float(arrays["ref_s"]))
+                    cfg.als, ANNIndex.load(folder / "ann.faiss", cfg.ann, arrays["item_factors"]), cov, stats, eb,
+                    float(arrays["ref_s"]), item_item)
     users = user_ids = None
     if "user_ids" in arrays:
         user_ids = arrays["user_ids"].astype(object)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from reelrec.domain.matrix import index_of
 from reelrec.errors import NotFound
 
 DEVICES: tuple[str, ...] = ("tv", "mobile", "tablet", "web")
@@ -43,6 +44,75 @@ def context_cell(device: np.ndarray, ts_s: np.ndarray, offset_h: np.ndarray) -> 
     epoch seconds and the UTC offset of their region; -1 where the device is unknown."""
     local_h = np.floor(np.mod(ts_s / 3600.0 + offset_h, 24.0)).astype(np.int64)
     return np.where(device >= 0, device * len(DAYPARTS) + local_h // 6, -1)
+
+@dataclass
+class RequestContext:
+    """Where and when a homepage request comes from, per user of a batch: the device (index into
+    ``DEVICES``, -1 unknown) and the local hour (0-24, NaN unknown). The ranker's request
+    features read it; an unknown request falls back to the user's most frequent
+    (device, local daypart) cell."""
+
+    device: np.ndarray  # (B,) int64
+    hour: np.ndarray  # (B,) float64, local hour
+
+    @classmethod
+    def unknown(cls, n: int) -> "RequestContext":
+        return cls(np.full(n, -1, np.int64), np.full(n, np.nan))
+
+    @classmethod
+    def of(cls, device: str | None, hour: float | None, n: int = 1) -> "RequestContext":
+        """One request's context (``hour`` local, as a client sends it) for ``n`` users; an
+        unknown device name counts as unknown."""
+        d = DEVICES.index(device.lower()) if device and device.lower() in DEVICES else -1
+        h = float(hour) % 24.0 if hour is not None else np.nan
+        return cls(np.full(n, d, np.int64), np.full(n, h))
+
+    def __len__(self) -> int:
+        return len(self.device)
+
+    def take(self, rows: np.ndarray) -> "RequestContext":
+        return RequestContext(self.device[rows], self.hour[rows])
+
+    @property
+    def cell(self) -> np.ndarray:
+        """The (device, local daypart) cell of each request (``context_cell``), -1 when the
+        device or the hour is unknown."""
+        ok = (self.device >= 0) & np.isfinite(self.hour)
+        part = np.floor(np.nan_to_num(self.hour) / 6.0).astype(np.int64).clip(0, len(DAYPARTS) - 1)
+        return np.where(ok, self.device * len(DAYPARTS) + part, -1)
+
+
+def first_event_context(events: pa.Table, user_ids, regions=None, last: bool = False) -> RequestContext:
+    """Each user's request context as the device and local hour of their first event in
+    ``events`` (``last``: their latest one), the hour read in the time zone of the event's
+    region, else the user's ``regions`` entry, else UTC: the session that opens a period (or
+    the one in progress) stands for its request. Nothing else of the events is read; a user
+    without an event there gets an unknown context."""
+    n = len(user_ids)
+    out = RequestContext.unknown(n)
+    if events.num_rows == 0 or "device" not in events.column_names:
+        return out
+    row = index_of(events.column("user_id"), pa.array([str(u) for u in user_ids], pa.string()))
+    us = pc.cast(pc.cast(events.column("ts"), pa.timestamp("us", tz="UTC")), pa.int64())
+    t = us.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6  # any unit the lake writes
+    ok = row >= 0
+    if not ok.any():
+        return out
+    idx = np.flatnonzero(ok)
+    first = idx[np.lexsort((-t[idx] if last else t[idx], row[idx]))]
+    first = first[np.r_[True, row[first][1:] != row[first][:-1]]]
+    sel = pa.array(first)
+    dev = index_of(events.column("device").take(sel), pa.array(list(DEVICES), pa.string()))
+    off = utc_offset_h(regions)[row[first]] if regions is not None else np.zeros(len(first))
+    if "region" in events.column_names:
+        reg = events.column("region").take(sel)
+        has = pc.is_valid(reg).to_numpy(zero_copy_only=False)
+        off = np.where(has, utc_offset_h(reg), off)
+    r = row[first]
+    out.device[r] = dev
+    out.hour[r] = np.mod(t[first] / 3600.0 + off, 24.0)
+    return out
+
 
 USER_SCHEMA = pa.schema([
     pa.field("user_id", pa.string(), nullable=False),

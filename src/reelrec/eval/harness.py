@@ -25,6 +25,7 @@ from reelrec.eval.models import DEFAULT_MODELS, binary, resolve
 from reelrec.eval.splits import PROTOCOLS, Split, make_split, seen_matrix
 from reelrec.eval.truth import load_truth, relevance
 from reelrec.log import get_logger
+from reelrec.recommender import ContextRecommender
 from reelrec.storage.lake import open_lake
 
 log = get_logger(__name__)
@@ -172,6 +173,8 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
                 "relevant": int(split.relevant.nnz), "cold_test_users": split.cold_test_users}
         if split.train.cutoff is not None:
             info["cutoff"] = split.train.cutoff.isoformat()
+        if split.request is not None:
+            info["request_context_known"] = int((split.request.cell >= 0).sum())
         splits_info.append(info)
         say(f"seed {seed}: {protocol} split: {info['train_interactions']:,} training interactions, "
             f"{info['test_users']:,} test users, {info['relevant']:,} relevant titles "
@@ -200,7 +203,11 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
                 r.model.fit(split.train)
                 fit_s = time.perf_counter() - t
                 t = time.perf_counter()
-                recs = _as_recs(r.model.recommend(split.test_rows, n_out), len(split.test_rows), n_out)
+                if split.request is not None and isinstance(r.model, ContextRecommender):
+                    got = r.model.recommend_in_context(split.test_rows, n_out, split.request)
+                else:
+                    got = r.model.recommend(split.test_rows, n_out)
+                recs = _as_recs(got, len(split.test_rows), n_out)
                 rec_s = time.perf_counter() - t
                 cands = None
                 if callable(getattr(r.model, "candidates", None)):

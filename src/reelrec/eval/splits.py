@@ -11,7 +11,9 @@ layer would see: the events before the split, folded by the signal weighting int
 * ``temporal``: cut at the 80th percentile of interaction time; train on the events before the cut,
   test on the later ones for users seen in training. A test title is relevant when, folded over
   the test window, it was rated >= 4, completed to >= 90 %, thumbed up or rewatched, and the user
-  had not already interacted with it in training (those can never be recommended).
+  had not already interacted with it in training (those can never be recommended). Each test
+  user's request context is the device and local hour of their first test event
+  (``Split.request``): what a request at the start of the test period would carry.
 
 ``holdout_rows`` splits a training matrix the same way for tuning (EASE lambda, ALS).
 """
@@ -30,6 +32,7 @@ from reelrec.config import SignalWeights
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import InteractionMatrix, index_of
 from reelrec.domain.signals import fold_interactions
+from reelrec.domain.users import RequestContext, first_event_context
 from reelrec.errors import FieldError, InvalidInput
 from reelrec.recommender import TrainData
 
@@ -56,6 +59,9 @@ class Split:
     test_rows: np.ndarray
     relevant: sp.csr_matrix
     cold_test_users: int = 0  # users with relevant test titles but no training row
+    # temporal: the request each test user is scored for, the device and local hour of their
+    # first test event (row-aligned with ``test_rows``); None for msr-stratified (no time order)
+    request: RequestContext | None = None
 
 
 def _sorted_codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -207,7 +213,21 @@ def make_split(events: pa.Table, catalog: Catalog, protocol: str, seed: int = 42
     if len(test_rows) == 0:
         raise InvalidInput(FieldError("data", f"the {protocol} split leaves no test user with a "
                                               "relevant title; the lake holds too little data"))
-    return Split(protocol, seed, train, test_ev, test_rows, rel, cold)
+    request = None
+    if protocol == "temporal":
+        ids = train.matrix.user_ids[test_rows]
+        request = first_event_context(test_ev, ids, _regions_of(users, ids))
+    return Split(protocol, seed, train, test_ev, test_rows, rel, cold, request)
+
+
+def _regions_of(users: pa.Table | None, user_ids: np.ndarray) -> np.ndarray | None:
+    """Each user's region from the users table (None where unknown); None without a table."""
+    if users is None or "region" not in users.column_names or not users.num_rows:
+        return None
+    at = index_of(pa.array([str(u) for u in user_ids], pa.string()),
+                  users.column("user_id").combine_chunks())
+    reg = np.asarray(users.column("region").to_pylist(), dtype=object)
+    return np.where(at >= 0, reg[np.maximum(at, 0)], None)
 
 
 def holdout_rows(x: sp.csr_matrix, ratio: float = TRAIN_RATIO, seed: int = 0

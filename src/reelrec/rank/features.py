@@ -7,8 +7,10 @@ before its cutoff, and tests/test_rank.py checks that a label event cannot reach
 
 Groups: each source's score and rank (and the score relative to the user's best candidate);
 popularity (global, regional, recent) and trending; freshness; genre and kind affinity; context
-(local time-of-day and device shares against runtime and kind, and the fit of the title's
-audience's (device, local daypart) cells to the user's own); completion and click-through rates
+(local time-of-day and device shares against runtime and kind, the fit of the title's
+audience's (device, local daypart) cells to the user's own, and the request's own device and local
+hour against the title: its lift in the request's cell and its runtime on the request's device,
+the user's most frequent cell standing in when no request is given); completion and click-through rates
 among similar users (the user's ALS cluster, smoothed toward the title's global rate); search
 intent (genres named in recent searches); user activity; time (when the title was engaged with
 against when the user was active, and the title's popularity in the user's active periods).
@@ -22,11 +24,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from reelrec.domain.catalog import KINDS
+from reelrec.domain.users import DAYPARTS, DEVICES
 from reelrec.recall.candidates import Artifacts, Candidates, UserState
 from reelrec.recall.popular import genre_affinity, time_bin
 
+# the user's habits (device and local time-of-day shares, the fit of the title's cells to the
+# user's), then the request's own context against the title (REQUEST_FEATURES)
+REQUEST_FEATURES = ("req_lift", "req_lift_vs_fit", "req_hour", "req_runtime_x_mobile", "req_runtime_x_tv",
+                    "req_runtime_x_tablet")
 CONTEXT_FEATURES = ("tv_share", "mobile_share", "night_share", "evening_share", "runtime_x_mobile",
-                    "runtime_x_tv", "series_x_mobile", "runtime_x_night", "context_fit", "context_fit_top")
+                    "runtime_x_tv", "series_x_mobile", "runtime_x_night", "context_fit", "context_fit_top",
+                    *REQUEST_FEATURES)
 
 
 def feature_names(sources: tuple[str, ...], context: bool = True) -> list[str]:
@@ -119,8 +127,9 @@ def build_features(art: Artifacts, state: UserState, cands: Candidates,
     night, evening = state.hour[:, 0:1], state.hour[:, 3:4]
     is_series = (kind_c == KINDS.index("series")).astype(np.float32)
     ones = np.ones((b, c), np.float32)
+    fit = _context_fit(st, state, c0)
     feats += [tv * ones, mobile * ones, night * ones, evening * ones, runtime * mobile, runtime * tv,
-              is_series * mobile, runtime * night, *_context_fit(st, state, c0)]
+              is_series * mobile, runtime * night, *fit, *_request_features(st, state, c0, runtime, fit[0])]
 
     cl = np.clip(state.cluster, 0, st.completion.shape[0] - 1)
     feats += [st.completion[cl[:, None], c0], st.completion_all[c0],
@@ -181,6 +190,44 @@ def _context_fit(st, state: UserState, c0: np.ndarray) -> list[np.ndarray]:
     top = np.argmax(ctx, axis=1)
     at_top = np.where(ctx.max(axis=1, keepdims=True) > 0, lift[c0, top[:, None]], 0.0)
     return [fit, at_top]
+
+
+def request_cells(state: UserState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(device index, local hour, cell) of the request each user is scored for; where the
+    request is unknown, the user's most frequent (device, local daypart) cell stands in (its
+    hour the daypart's middle); -1 / NaN where that is unknown too."""
+    b = len(state)
+    dev = state.req_device if len(state.req_device) == b else np.full(b, -1, np.int64)
+    hour = state.req_hour if len(state.req_hour) == b else np.full(b, np.nan)
+    ctx = state.context
+    has_top = (ctx.shape == (b, len(DEVICES) * len(DAYPARTS))) and b > 0
+    top = np.argmax(ctx, axis=1) if has_top else np.zeros(b, np.int64)
+    habit = ctx.max(axis=1) > 0 if has_top else np.zeros(b, bool)
+    known = (dev >= 0) & np.isfinite(hour)
+    dev = np.where(known, dev, np.where(habit, top // len(DAYPARTS), -1))
+    hour = np.where(known, hour, np.where(habit, (top % len(DAYPARTS)) * 6.0 + 3.0, np.nan))
+    part = np.floor(np.nan_to_num(hour) / 6.0).astype(np.int64).clip(0, len(DAYPARTS) - 1)
+    cell = np.where(dev >= 0, dev * len(DAYPARTS) + part, -1)
+    return dev, hour, cell
+
+
+def _request_features(st, state: UserState, c0: np.ndarray, runtime: np.ndarray,
+                      fit: np.ndarray) -> list[np.ndarray]:
+    """The request's context against each candidate: the title's log lift in the request's
+    (device, local daypart) cell, that lift against the user's habitual fit, the local hour, and
+    runtime (hours) on the request's device (mobile, TV, tablet). The device and hour are the
+    request's when known (``UserState.req_device``/``req_hour``), else the user's most frequent
+    cell (``request_cells``)."""
+    b, c = c0.shape
+    dev, hour, cell = request_cells(state)
+    lift = st.context_lift
+    if lift.shape[0] == 0 or lift.shape[1] != len(DEVICES) * len(DAYPARTS):
+        at = np.zeros((b, c), np.float32)
+    else:
+        at = np.where((cell >= 0)[:, None], lift[c0, np.maximum(cell, 0)[:, None]], 0.0)
+    d = dev[:, None]
+    return [at, at - fit, np.repeat(hour[:, None], c, axis=1),
+            runtime * (d == 1), runtime * (d == 0), runtime * (d == 2)]
 
 
 def _title_genres(tg: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,10 @@ data into a feature window and label pairs:
 * a random split (no time order to respect): a random slice of each user's positives is held
   out as labels and every event of a held-out (user, title) pair is removed from the features.
 
-Either way no label event can reach its own features; tests/test_rank.py checks it.
+Either way no label event can reach its own features; tests/test_rank.py checks it. What a
+temporal window's labels do pass on is the request they answer: the device and local hour of
+each user's first event in the label window (``Window.request``), which the ranker's request
+features read as a served request's device and hour; nothing else of those events.
 
 The ranker learns on features from stage-1 models fitted on the feature window and is served
 features from stage-1 models fitted on all the training data, so its own held-out groups (drawn
@@ -33,6 +36,7 @@ from reelrec.config import SignalWeights
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import InteractionMatrix, index_of
 from reelrec.domain.signals import fold_interactions
+from reelrec.domain.users import RequestContext, first_event_context
 from reelrec.recall.als import holdout_random
 from reelrec.recall.popular import seconds
 
@@ -78,6 +82,10 @@ class Window:
     ts: sp.csr_matrix  # aligned with matrix.positives, epoch seconds
     labels: sp.csr_matrix  # (users, titles) 1 where the title is a label positive
     ref: dt.datetime  # features see events strictly before this time
+    # per matrix row, the request the labels answer (temporal windows): the device and local hour
+    # of the user's first event in the label window, all a real request would carry of it; None
+    # for a random window (no time order), where the user's habitual cell stands in
+    request: RequestContext | None = None
 
 
 def aligned_ts(events: pa.Table, catalog: Catalog, matrix: InteractionMatrix,
@@ -107,11 +115,12 @@ def event_times(events: pa.Table) -> np.ndarray:
 
 def label_window(events: pa.Table, matrix: InteractionMatrix, catalog: Catalog,
                  cutoff: dt.datetime | None, params: RankerParams,
-                 weights: SignalWeights | None = None) -> Window:
+                 weights: SignalWeights | None = None, regions=None) -> Window:
     """Split training data into a feature window and later labels (see the module docstring).
 
     ``cutoff`` is the end of the outer training window for temporal data; the inner cutoff is
-    the 80th percentile of event times before it. None means a random split.
+    the 80th percentile of event times before it. None means a random split. ``regions`` (per
+    matrix row) place the hour of a temporal window's request when its event has no region.
     """
     if cutoff is not None and events.num_rows:
         t = event_times(events)
@@ -127,7 +136,9 @@ def label_window(events: pa.Table, matrix: InteractionMatrix, catalog: Catalog,
         seen = (fm.positives + fm.negatives) > 0
         labels = sp.csr_matrix((lm.positives > 0).astype(np.float32) - (lm.positives > 0).multiply(seen))
         labels.eliminate_zeros()
-        return Window(fe, fm, aligned_ts(fe, catalog, fm, weights, fi), labels, ref)
+        request = first_event_context(le.select([c for c in ("user_id", "ts", "device", "region")
+                                                  if c in le.column_names]), matrix.user_ids, regions)
+        return Window(fe, fm, aligned_ts(fe, catalog, fm, weights, fi), labels, ref, request)
 
     keep, held = holdout_random(matrix.positives, params.label_frac, params.seed)
     held_b = sp.csr_matrix((held > 0).astype(np.float32))

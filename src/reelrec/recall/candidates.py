@@ -9,11 +9,12 @@ thousands of users per call and the speed layer scores one with the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
 
+from reelrec.errors import InvalidInput
 from reelrec.recall.ann import ANNIndex, is_member
 from reelrec.recall.als import ALSParams, fold_in, topk_entries, topk_excluding
 from reelrec.recall.popular import TitleStats, genre_affinity, genre_pop_scores, new_scores, trending_scores
@@ -35,6 +36,8 @@ class Artifacts:
     stats: TitleStats
     ease: np.ndarray | None = None  # (N, N) float32, catalogs up to EASE_MAX_TITLES
     ref_s: float = 0.0  # reference time (end of the training data), epoch seconds
+    # further item-item sources by name (recall.itemitem: "rp3beta", "itemknn"), sparse (N, N)
+    item_item: dict = field(default_factory=dict)
 
     def __getstate__(self) -> dict:
         # lists derived from the arrays (``_cached``) are rebuilt where they are used, not shipped
@@ -57,6 +60,10 @@ class UserState:
     events_week: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # activity last week
     # (B, 16) share of the user's events in each (device, local daypart) cell (domain.users.context_cell)
     context: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), np.float32))
+    # the request being scored for (domain.users.RequestContext): device index (-1 unknown) and
+    # local hour (NaN unknown); unknown falls back to the user's most frequent cell of ``context``
+    req_device: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    req_hour: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
 
     def __len__(self) -> int:
         return self.positives.shape[0]
@@ -82,7 +89,24 @@ class UserState:
             self.events_week = np.zeros(b, np.float32)
         if len(self.context) != b:
             self.context = np.zeros((b, 16), np.float32)
+        if len(self.req_device) != b:
+            self.req_device = np.full(b, -1, np.int64)
+        if len(self.req_hour) != b:
+            self.req_hour = np.full(b, np.nan)
         return self
+
+    def with_request(self, request) -> "UserState":
+        """The same users scored for ``request`` (a ``RequestContext`` with one row per user;
+        None: no request, each user's habitual cell stands in).
+
+        Raises:
+            InvalidInput: the request context has another number of rows."""
+        if request is None:
+            return replace(self, req_device=np.full(len(self), -1, np.int64), req_hour=np.full(len(self), np.nan))
+        if len(request) != len(self):
+            raise InvalidInput(f"request context for {len(request)} users, state of {len(self)}", field="context")
+        return replace(self, req_device=np.asarray(request.device, np.int64),
+                       req_hour=np.asarray(request.hour, np.float64))
 
 
 @dataclass
@@ -206,6 +230,11 @@ def dense_scores(art: Artifacts, state: UserState, sources=SOURCES) -> dict:
         out["new"] = _region_block(art, "new", state)
     if "genre_pop" in sources:
         out["genre_pop"] = _genre_pop_block(art, state)
+    for name, w in art.item_item.items():
+        if name in sources:
+            x = sp.csr_matrix(state.positives, dtype=np.float32)
+            x.data[:] = 1.0
+            out[name] = _sparse_block(x @ w)
     return out
 
 
@@ -246,7 +275,7 @@ def run_sources(art: Artifacts, state: UserState, quotas: dict[str, int],
                 cols, sc = art.ann.search(state.vectors, q, exclude)
         elif name in ("trending", "new") and name in dense:
             cols, sc = shared_topk(art, name, state, q)
-        elif name == "covisit" and name in dense:
+        elif (name == "covisit" or name in art.item_item) and name in dense:
             cols, sc = covisit_topk(art, state, q, dense[name])
         elif name == "genre_pop" and name in dense:
             cols, sc = genre_pop_topk(art, state, q, dense[name], exclude)

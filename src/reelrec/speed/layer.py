@@ -11,7 +11,9 @@ For each micro-batch of events (DESIGN.md, right-hand branch of the data flow):
    layer uses (``reelrec.homepage.ServingModel``): the user's training row plus the online log
    become the positives, the ALS vector is folded in exactly (title vectors fixed), candidates and
    ranker run on the batch of users at once, composition builds the page, the cache takes it
-   under the serving version.
+   under the serving version. The ranker scores for the session in progress: the request
+   context is the device and local hour of the user's latest logged event, and the user's
+   habits (device, daypart and cell shares) are those of their training row.
 
 Events older than the model's training cut are already in the model and only update the state.
 The training-time interactions of every user are folded once per model version and kept in memory
@@ -37,7 +39,7 @@ from reelrec.domain.catalog import Catalog
 from reelrec.domain.events import EVENT_SCHEMA, parse_ts
 from reelrec.domain.matrix import index_of
 from reelrec.domain.signals import fold_interactions
-from reelrec.domain.users import load_users
+from reelrec.domain.users import first_event_context, load_users
 from reelrec.errors import NotFound
 from reelrec.homepage import HomepageReader, ServingModel, profiles_from_interactions
 from reelrec.log import get_logger
@@ -444,9 +446,20 @@ class SpeedLayer:
                 # FAISS's OpenMP threads spin after a search; a threaded BLAS solve next to them
                 # runs ~100x slower on a small machine, and one f x f solve needs no threads
                 vectors = fold_in(pipe.art.item_factors, pos[personal], pipe.art.als)
+                # the session in progress (the user's latest logged event) is the request the
+                # page is recomputed for; the habits are those of the training window
+                request = first_event_context(online, [users[i] for i in personal],
+                                              [regions[users[i]] for i in personal], last=True)
                 st = pipe.state_from_history(pos[personal], ts[personal], exclude[personal],
-                                             vector=vectors)
+                                             vector=vectors, request=request)
                 st.region = pipe.art.stats.region_index([regions[users[i]] for i in personal])
+                rows = known[personal]
+                for name in ("device", "hour", "context"):
+                    habits = getattr(train, name)
+                    if len(habits) == len(train):
+                        got = np.zeros((len(personal), habits.shape[1]), habits.dtype)
+                        got[rows >= 0] = habits[rows[rows >= 0]]
+                        setattr(st, name, got)
                 st.filled(len(pipe.art.stats.genre_names))
                 for i, c in zip(personal, model.candidates_for_state(st)):
                     cands[int(i)] = c
