@@ -222,11 +222,16 @@ class ServingModel:
 
     def candidates_for_state(self, state, k: int = CANDIDATES_PER_USER) -> list[Candidates]:
         cols, scores, sources = self.pipeline.score(state, k, with_sources=True)
+        # source names -> composition's codes, one comparison per distinct name over the batch
+        codes = np.full(sources.shape, SOURCE["ann"], np.uint8)
+        for name in set(sources.ravel().tolist()):
+            code = SOURCE[_SOURCE_MAP.get(name, "ann")]
+            if code != SOURCE["ann"]:
+                codes[sources == name] = code
         out = []
-        for c, s, src in zip(cols, scores, sources):
+        for c, s, src in zip(cols, scores, codes):
             ok = c >= 0
-            codes = [SOURCE[_SOURCE_MAP.get(x, "ann")] for x in src[ok]]
-            out.append(Candidates.of(c[ok], s[ok], np.asarray(codes, np.uint8)))
+            out.append(Candidates.of(c[ok], s[ok], src[ok]))
         return out
 
     def similar(self, title_id: str, k: int = 10) -> np.ndarray:
