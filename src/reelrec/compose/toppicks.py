@@ -36,6 +36,7 @@ from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.config import ComposeConfig
 from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, Marks, UserProfile
 from reelrec.compose.mix import kind_bounds, kind_quotas, kind_shares, least_kind_deviation
+from reelrec.compose.rows import dedupe_keep_order
 from reelrec.log import get_logger
 
 log = get_logger(__name__)
@@ -143,11 +144,9 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
             for c in np.argsort(-theta_by_cluster)[: n_e + 3]:
                 extra.append(features.top_of_cluster(int(c), cfg.explore_pool))
     if extra:
-        e = np.concatenate(extra).astype(np.int64)
-        _, fi = np.unique(e, return_index=True)
-        e = e[np.sort(fi)]
+        e = dedupe_keep_order(np.concatenate(extra))
         e = e[marks.eligible(e)]
-        e = e[~np.isin(e, t)]
+        e = e[~marks.among(e, t)]
         if len(e):
             t, s, src, anc = _append_popular(t, s, src, anc, e)
     return _make_pool(features, marks, t, s, src, anc, dom_words, theta_by_cluster)
