@@ -36,7 +36,6 @@ from reelrec.compose.bandit import ThompsonBandit
 from reelrec.compose.config import ComposeConfig
 from reelrec.compose.features import SOURCE, CatalogFeatures, Candidates, Marks, UserProfile
 from reelrec.compose.mix import kind_bounds, kind_quotas, kind_shares, least_kind_deviation
-from reelrec.compose.rows import dedupe_keep_order
 from reelrec.log import get_logger
 
 log = get_logger(__name__)
@@ -144,7 +143,9 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
             for c in np.argsort(-theta_by_cluster)[: n_e + 3]:
                 extra.append(features.top_of_cluster(int(c), cfg.explore_pool))
     if extra:
-        e = dedupe_keep_order(np.concatenate(extra))
+        e = np.concatenate(extra).astype(np.int64)
+        _, fi = np.unique(e, return_index=True)
+        e = e[np.sort(fi)]
         e = e[marks.eligible(e)]
         e = e[~marks.among(e, t)]
         if len(e):
