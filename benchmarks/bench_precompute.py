@@ -123,12 +123,20 @@ def stage_times(data: Path, users: int, pages_out: Path | None = None) -> dict:
         cache.put(items, version=model.version)
         clock("cache write", c)
         blobs.update(items)
+    import reelrec.batch.precompute as pre
+    shared = getattr(pre, "shared_cold_page", None)  # absent from older trees
+    memo: dict = {}
     for lo in range(0, len(cold), batch):
         c = time.process_time()
+        # users without anything of their own share a segment's pages, already encoded (their
+        # encoding is timed with composition); the others are composed and encoded one by one
+        blobs_c = {u: shared(model, p.profiles.get(u), 0, bandit, NOW, memo) if shared else None
+                   for u in cold[lo: lo + batch]}
         pages = [(u, model.compose(p.profiles.get(u), None, bandit=bandit, rng=user_rng(0, u), now=NOW))
-                 for u in cold[lo: lo + batch]]
+                 for u in cold[lo: lo + batch] if blobs_c[u] is None]
         c = clock("compose cold start", c)
         items = {page_key(u): model.encode(page) for u, page in pages}
+        items.update({page_key(u): b for u, b in blobs_c.items() if b is not None})
         c = clock("encode + checks", c)
         cache.put(items, version=model.version)
         clock("cache write", c)

@@ -110,9 +110,12 @@ def profiles_from_interactions(features: CatalogFeatures, interactions: pa.Table
     col = index_of(interactions.column("title_id"), ids)
     t = interactions.filter(pa.array(col >= 0))
     col = col[col >= 0]
-    uid = t.column("user_id").to_numpy(zero_copy_only=False).astype(object)
-    users_seen = np.unique(uid) if len(uid) else np.zeros(0, object)
-    row = np.searchsorted(users_seen, uid)
+    # users in sorted order (UTF-8 bytes sort as code points: the order of Python's str) and each
+    # row's user, by Arrow's string kernels rather than sorts of Python objects
+    seen = pc.unique(t.column("user_id"))
+    seen = seen.take(pc.sort_indices(seen))
+    users_seen = np.asarray(seen.to_pylist(), dtype=object) if len(seen) else np.zeros(0, object)
+    row = index_of(t.column("user_id"), seen)
     weight = t.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
     negative = t.column("negative").to_numpy(zero_copy_only=False).astype(bool)
     finished = t.column("finished").to_numpy(zero_copy_only=False).astype(bool)
@@ -130,14 +133,20 @@ def profiles_from_interactions(features: CatalogFeatures, interactions: pa.Table
     shown: dict[str, np.ndarray] = {}
     if impressions is not None and impressions.num_rows:
         ic = index_of(impressions.column("title_id"), ids)
-        iu = impressions.column("user_id").to_numpy(zero_copy_only=False).astype(object)
         ok = ic >= 0
-        iu, ic = iu[ok], ic[ok]
-        o = np.argsort(iu, kind="stable")
-        iu, ic = iu[o], ic[o]
-        ub, starts = np.unique(iu, return_index=True)
-        for u, a, b in zip(ub, starts, list(starts[1:]) + [len(iu)]):
-            shown[u] = np.unique(ic[a:b])
+        iu = impressions.column("user_id").filter(pa.array(ok))
+        ic = ic[ok]
+        names = pc.unique(iu)
+        code = index_of(iu, names)
+        # each user's distinct titles, ascending (np.unique of theirs), as slices of one array
+        o = np.lexsort((ic, code))
+        code, ic = code[o], ic[o]
+        first = np.ones(len(ic), bool)
+        first[1:] = (code[1:] != code[:-1]) | (ic[1:] != ic[:-1])
+        code, ic = code[first], ic[first]
+        at = np.searchsorted(code, np.arange(len(names) + 1)).tolist()
+        for j, u in enumerate(names.to_pylist()):
+            shown[u] = ic[at[j]:at[j + 1]]
 
     meta: dict[str, dict] = {}
     if users is not None and users.num_rows:
@@ -225,11 +234,16 @@ class ServingModel:
 
     def candidates_for_state(self, state, k: int = CANDIDATES_PER_USER) -> list[Candidates]:
         cols, scores, sources = self.pipeline.score(state, k, with_sources=True)
+        # source names -> composition's codes, one comparison per distinct name over the batch
+        codes = np.full(sources.shape, SOURCE["ann"], np.uint8)
+        for name in set(sources.ravel().tolist()):
+            code = SOURCE[_SOURCE_MAP.get(name, "ann")]
+            if code != SOURCE["ann"]:
+                codes[sources == name] = code
         out = []
-        for c, s, src in zip(cols, scores, sources):
+        for c, s, src in zip(cols, scores, codes):
             ok = c >= 0
-            codes = [SOURCE[_SOURCE_MAP.get(x, "ann")] for x in src[ok]]
-            out.append(Candidates.of(c[ok], s[ok], np.asarray(codes, np.uint8)))
+            out.append(Candidates.of(c[ok], s[ok], src[ok]))
         return out
 
     def similar(self, title_id: str, k: int = 10) -> np.ndarray:

@@ -152,18 +152,65 @@ def user_rng(seed: int, user_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(user_id.encode())])
 
 
+def cold_start_key(profile: UserProfile) -> tuple | None:
+    """What a cold-start page depends on besides its explore draw, or None when the user has
+    anything of their own (an engaged, excluded, shown or started title, or an affinity): the
+    region, device, hour and onboarding picks. Users with the same key get the same page for
+    the same draw."""
+    p = profile
+    if (p.n_engaged or len(p.impressions) or len(p.thumbs_down) or len(p.finished) or len(p.in_progress)
+            or len(p.recent_positives)):
+        return None
+    if np.any(p.kind_affinity) or (p.genre_affinity is not None and np.any(p.genre_affinity)):
+        return None
+    return ((p.region or "").upper(), p.device, p.hour, tuple(g.lower() for g in p.onboarding_genres))
+
+
+COLD_MEMO_MAX = 4096  # (key, draw) -> page blob; onboarding picks make many keys: keep it bounded
+
+
+def shared_cold_page(model: ServingModel, profile: UserProfile, seed: int, bandit: ThompsonBandit,
+                     now: dt.datetime, memo: dict) -> bytes | None:
+    """The encoded cold-start page of a user without anything of their own (``cold_start_key``),
+    None for any other user (or when ``cfg.cold_draws`` is 0).
+
+    Such pages differ only by the bandit's explore draw, so the users of one key share
+    ``cold_draws`` draws, each user hashed to one, and each (key, draw) page is composed and
+    encoded once (``memo`` keeps the blobs: a blob holds neither the user id nor anything else
+    of the user's). The page is still a function of the seed, the profile and the user id
+    alone, so it does not depend on the shard, batch or engine that composed it. The trade:
+    cold-start users of one segment see at most ``cold_draws`` different explore picks instead
+    of one draw each (docs/composition.md)."""
+    draws = model.cfg.cold_draws
+    key = cold_start_key(profile) if draws else None
+    if key is None:
+        return None
+    draw = zlib.crc32(profile.user_id.encode()) % draws
+    got = memo.get((key, draw))
+    if got is None:
+        rng = np.random.default_rng([seed, zlib.crc32(repr(key).encode()), draw])
+        got = model.encode(model.compose(profile, None, bandit=bandit, rng=rng, now=now))
+        if len(memo) >= COLD_MEMO_MAX:
+            memo.clear()
+        memo[(key, draw)] = got
+    return got
+
+
 def compose_shard(model: ServingModel, shard: Shard, seed: int = 0, batch_users: int = 256,
-                  advance=None, now: dt.datetime | None = None) -> ShardResult:
+                  advance=None, now: dt.datetime | None = None, cold_memo: dict | None = None) -> ShardResult:
     """Compose and encode the pages of one shard: the work both engines share.
 
     Users with history are scored ``batch_users`` at a time (candidates and ranker vectorised over
     the batch); ``advance(n)`` is called after each batch of ``n`` pages. ``now`` is the run's
-    time, stamped on every page (the current time if None)."""
+    time, stamped on every page (the current time if None). ``cold_memo`` keeps the shared
+    cold-start pages (``shared_cold_page``) across the shards of one run, model, seed and
+    ``now``."""
     now = now or dt.datetime.now(dt.timezone.utc)
     c0 = time.process_time()
     counts = PrecomputeReport(model.version)
     items: dict[str, bytes] = {}
     bandit = ThompsonBandit(model.features.cluster_names)
+    memo = {} if cold_memo is None else cold_memo
     k = shard.n_personal
     for lo in range(0, len(shard.users), batch_users):
         hi = min(lo + batch_users, len(shard.users))
@@ -172,8 +219,10 @@ def compose_shard(model: ServingModel, shard: Shard, seed: int = 0, batch_users:
             cands = model.candidates_for_state(shard.state.take(np.arange(lo, min(hi, k))))
             cands = list(cands) + [None] * (hi - min(hi, k))
         for u, prof, c in zip(shard.users[lo:hi], shard.profiles[lo:hi], cands):
-            page = model.compose(prof, c, bandit=bandit, rng=user_rng(seed, u), now=now)
-            blob = model.encode(page)
+            blob = shared_cold_page(model, prof, seed, bandit, now, memo) if c is None else None
+            if blob is None:
+                page = model.compose(prof, c, bandit=bandit, rng=user_rng(seed, u), now=now)
+                blob = model.encode(page)
             items[page_key(u)] = blob
             counts.page_bytes_total += len(blob)
             counts.page_bytes_max = max(counts.page_bytes_max, len(blob))
@@ -302,9 +351,10 @@ def precompute(settings: Settings, cache: HomepageCache, version: str | None = N
     else:
         t1 = time.perf_counter()
         size = shard_users or default_shard_users(p.n_users, 1)
+        memo: dict = {}
         with (progress or NullProgress()).step("precompute pages", p.n_users) as advance:
             for shard in p.shards(size):
-                part = compose_shard(model, shard, seed, batch_users, advance=advance, now=now)
+                part = compose_shard(model, shard, seed, batch_users, advance=advance, now=now, cold_memo=memo)
                 cache.put(part.items, version=model.version)
                 rep.add(part)
         rep.compose_seconds = time.perf_counter() - t1

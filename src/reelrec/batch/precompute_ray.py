@@ -93,6 +93,7 @@ def _actor_class(ray):
             # numpy arrays come out of the object store as zero-copy views of shared memory
             self.model = ray.get(model_ref[0])
             self.seed, self.batch_users, self.now = seed, batch_users, now
+            self.cold_memo: dict = {}  # shared cold-start pages, across this actor's shards
             self.cache = None
             if writes_in_workers(cache_url):
                 from reelrec.storage.cache import open_cache
@@ -101,7 +102,8 @@ def _actor_class(ray):
         @ray.method(retry_exceptions=[Unavailable])
         def run(self, shard, crash_once=None) -> ShardResult:
             _crash_if_first_attempt(crash_once, shard.index)
-            res = compose_shard(self.model, shard, self.seed, self.batch_users, now=self.now)
+            res = compose_shard(self.model, shard, self.seed, self.batch_users, now=self.now,
+                                cold_memo=self.cold_memo)
             if self.cache is not None:
                 self.cache.put(res.items, version=self.model.version)
                 res.items = None

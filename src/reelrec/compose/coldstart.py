@@ -119,6 +119,8 @@ class ColdStartPriors:
         self._segments: dict[tuple, Candidates] = {}
         self._picked: dict[tuple, Candidates] = {}  # (segment, onboarding picks) -> candidates
         self._global: tuple[np.ndarray, np.ndarray] | None = None
+        self._seg_parts: dict[tuple, tuple] = {}  # per segment: what _with_picks reuses
+        self._genre_parts: dict[tuple, tuple] = {}  # (region, genre) -> top titles, their log popularity
         rt = features.runtime_s / 60.0
         self._short = np.nan_to_num(rt, nan=90.0) <= 45.0
         self._long = (features.kind != SERIES) & (np.nan_to_num(rt, nan=0.0) >= 100.0)
@@ -175,18 +177,47 @@ class ColdStartPriors:
         return got
 
     def _with_picks(self, seg: Candidates, region: str | None, picks: list[int]) -> Candidates:
+        """The segment's pool, then the 40 most popular titles of each picked genre not already in
+        it (scored by their normalised log popularity), and every title of a picked genre lifted
+        by 1. What does not depend on the picks (the segment's log popularity, genres and title
+        set; each genre's top titles) is kept per segment and per (region, genre)."""
         f = self.features
-        extra = np.concatenate([f.top_of_genre(g, 40) for g in picks]).astype(np.int64)
-        t = np.concatenate([seg.titles, extra])
         pop = self.popularity(region)
-        base = np.log1p(np.clip(pop[t], 0, None))
-        base = base / base.max() if base.max() > 0 else base
-        s = np.concatenate([seg.scores, base[len(seg.titles):]])
-        matched = f.genre_multi_hot[t][:, picks].any(axis=1)
-        s = s + 1.0 * matched
+        sk = ((region or "").upper(), id(seg))
+        got = self._seg_parts.get(sk)
+        if got is None or got[0] is not seg or got[1] is not pop:
+            if len(self._seg_parts) >= 1024:
+                self._seg_parts.clear()
+            raw = np.log1p(np.clip(pop[seg.titles], 0, None))
+            member = np.zeros(len(f), bool)
+            member[seg.titles] = True
+            got = self._seg_parts[sk] = (seg, pop, raw.max() if len(raw) else None, f.genre_multi_hot[seg.titles],
+                                         member)
+        _, _, seg_max, seg_mh, member = got
+        parts = [self._genre_top(region, g) for g in picks]
+        extra = np.concatenate([p[0] for p in parts])
+        raw = np.concatenate([p[1] for p in parts])
+        # the first occurrence of each title, the segment's first (its titles are distinct)
+        _, first = np.unique(extra, return_index=True)
+        keep = np.sort(first[~member[extra[first]]])
+        top = raw.max() if len(raw) else None
+        m = top if seg_max is None else (seg_max if top is None else max(seg_max, top))
+        base = raw[keep]
+        base = base / m if m is not None and m > 0 else base
+        extra = extra[keep]
+        matched = np.concatenate([seg_mh[:, picks].any(axis=1), f.genre_multi_hot[extra][:, picks].any(axis=1)])
+        t = np.concatenate([seg.titles, extra])
+        s = np.concatenate([seg.scores, base]) + 1.0 * matched
         src = np.concatenate([seg.sources, np.full(len(extra), SOURCE["popular"], np.uint8)])
         src = np.where(matched, SOURCE["onboarding"], src).astype(np.uint8)
-        c = Candidates(t, s, src, np.full(len(t), -1, np.int64))
-        _, first = np.unique(c.titles, return_index=True)
-        keep = np.sort(first)
-        return Candidates(c.titles[keep], c.scores[keep], c.sources[keep], c.anchors[keep])
+        return Candidates(t, s, src, np.full(len(t), -1, np.int64))
+
+    def _genre_top(self, region: str | None, g: int) -> tuple[np.ndarray, np.ndarray]:
+        """The 40 most popular titles of genre ``g`` and their log popularity in ``region``."""
+        pop = self.popularity(region)
+        key = ((region or "").upper(), g)
+        got = self._genre_parts.get(key)
+        if got is None or got[0] is not pop or got[1] is not self.features.popularity:
+            t = self.features.top_of_genre(g, 40).astype(np.int64)  # follows the catalog's popularity
+            got = self._genre_parts[key] = (pop, self.features.popularity, t, np.log1p(np.clip(pop[t], 0, None)))
+        return got[2], got[3]

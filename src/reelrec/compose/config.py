@@ -42,6 +42,9 @@ class ComposeConfig(BaseModel):
     onboarding_min: int = Field(3, ge=0, le=16)
     onboarding_max: int = Field(5, ge=0, le=16)
     cold_pool: int = Field(300, ge=20, le=5000, description="cold-start candidates per segment")
+    cold_draws: int = Field(64, ge=0, le=65536,
+                            description="explore draws shared by precomputed cold-start pages of one segment "
+                                        "and onboarding picks, each user hashed to one (0: a draw per user)")
 
     @property
     def genre_share(self) -> float:

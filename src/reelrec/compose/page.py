@@ -64,7 +64,7 @@ class _Writer:
     def array(self, values: np.ndarray, width: int) -> None:
         # put() inlined: a page writes about a hundred array items, and the call was half their cost
         acc, end = self.acc, 1 << width
-        vals = np.asarray(values).tolist()
+        vals = values if isinstance(values, list) else np.asarray(values).tolist()
         for v in vals:
             v = int(v)
             if v < 0 or v >= end:
@@ -159,25 +159,32 @@ def encode_page(page: ComposedPage, features: CatalogFeatures) -> bytes:
     return w.bytes()
 
 
+_SMALL_ARG = frozenset({R.TOP10, R.TOP10_GLOBAL, R.KIND})  # reasons whose argument fits the nibble itself
+
+
 def _encode_top(w: _Writer, s: Shelf, features: CatalogFeatures, b: int) -> None:
     n = len(s.titles)
     w.array(s.slots, 2)
-    codes, args = np.asarray(s.reasons, np.int64), np.asarray(s.reason_args, np.int64)
-    anchors = list(dict.fromkeys(int(a) for a, c in zip(args, codes) if c in R.TITLE_ARG and a >= 0))[:14]
-    nib = np.full(n, NONE_NIBBLE, np.int64)
-    for j in range(n):  # twenty items: the argument becomes a position in a short list
-        c, a = int(codes[j]), int(args[j])
+    # twenty items: plain lists, each argument becomes a position in a short list
+    codes = np.asarray(s.reasons, np.int64).tolist()
+    args = np.asarray(s.reason_args, np.int64).tolist()
+    titles = np.asarray(s.titles, np.int64).tolist()
+    anchors = list(dict.fromkeys(a for a, c in zip(args, codes) if c in R.TITLE_ARG and a >= 0))[:14]
+    tgs = features.title_genres
+    nib = [NONE_NIBBLE] * n
+    for j in range(n):
+        c, a = codes[j], args[j]
         if c in R.GENRE_ARG:
-            tg = features.title_genres[int(s.titles[j])]
+            tg = tgs[titles[j]]
             if a in tg and tg.index(a) < NONE_NIBBLE:
                 nib[j] = tg.index(a)
         elif c in R.TITLE_ARG and a in anchors:
             nib[j] = anchors.index(a)
-        elif c in (R.TOP10, R.TOP10_GLOBAL, R.KIND) and 0 <= a < NONE_NIBBLE:
+        elif c in _SMALL_ARG and 0 <= a < NONE_NIBBLE:
             nib[j] = a
     w.put(len(anchors), 4)
-    w.array(np.asarray(anchors, np.int64), b)
-    w.array((codes << 4) | nib, 8)
+    w.array(anchors, b)
+    w.array([(c << 4) | x for c, x in zip(codes, nib)], 8)
     sc = np.asarray(s.scores, np.float64)
     lo, hi = (float(sc.min()), float(sc.max())) if n else (0.0, 0.0)
     w.raw(struct.pack(">ff", lo, hi))

@@ -147,7 +147,7 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
         _, fi = np.unique(e, return_index=True)
         e = e[np.sort(fi)]
         e = e[marks.eligible(e)]
-        e = e[~np.isin(e, t)]
+        e = e[~marks.among(e, t)]
         if len(e):
             t, s, src, anc = _append_popular(t, s, src, anc, e)
     return _make_pool(features, marks, t, s, src, anc, dom_words, theta_by_cluster)

@@ -423,16 +423,18 @@ def _subset_bound(aff: np.ndarray, p_end: np.ndarray) -> float:
 
 
 def _genre_pop_batch(orders: GenreLists, pop: np.ndarray, a: np.ndarray, g: np.ndarray, pex: sp.csr_matrix,
-                     k: int, block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``genre_pop_topk``'s first step for the whole batch at once: one prefix depth for every
-    user (4k + the most exclusions in the batch), top-k of the prefixes, and which users' bound
-    holds (the rest go on alone)."""
+                     k: int, block, users: np.ndarray | None = None, deeper: int = 1
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``genre_pop_topk``'s batched step: one prefix depth for every user (``deeper`` x (4k + the
+    most exclusions among them)), top-k of the prefixes, and which users' bound holds (the rest
+    go deeper). ``users`` are the rows of ``block`` that ``a``, ``g`` and ``pex`` describe (all
+    of them by default)."""
     b = len(g)
     out_c = np.full((b, k), -1, np.int64)
     out_v = np.full((b, k), -np.inf, np.float32)
     n_top = (a > 0).sum(axis=1)
     width = int(n_top.max(initial=0))
-    m = min(orders.longest, 4 * k + int(np.diff(pex.indptr).max(initial=0)))
+    m = min(orders.longest, deeper * (4 * k + int(np.diff(pex.indptr).max(initial=0))))
     if b == 0 or width == 0 or m == 0:
         return out_c, out_v, np.zeros(b, bool)
     top = np.argsort(~(a > 0), axis=1, kind="stable")[:, :width]  # each user's top genres first
@@ -449,10 +451,11 @@ def _genre_pop_batch(orders: GenreLists, pop: np.ndarray, a: np.ndarray, g: np.n
     if pex.nnz:
         ok = ~is_member(pex, rows, cols)
         rows, cols = rows[ok], cols[ok]
+    at = rows if users is None else np.asarray(users, np.int64)[rows]
     if isinstance(block, ScoreBlock):
-        vals = block._at(rows[:, None], cols[:, None])[:, 0]
+        vals = block._at(at[:, None], cols[:, None])[:, 0]
     else:
-        vals = np.asarray(block)[rows, cols]
+        vals = np.asarray(block)[at, cols]
     c, v = topk_entries(rows, cols, vals, b, k)
     last = pre[:, :, -1]
     p_end = np.where(last >= 0, pop[np.maximum(last, 0)], 0.0).astype(np.float64)  # (B, W)
@@ -494,6 +497,16 @@ def genre_pop_topk(art: Artifacts, state: UserState, k: int, block, exclude: sp.
     g = region_rows(art, state)
     pex = sp.csr_matrix(state.exclude)
     out_c, out_v, done = _genre_pop_batch(orders, pop, a, g, pex, k, block)
+    # the users whose prefixes did not prove their top k: twice as deep, all of them at once, while
+    # the prefixes are shorter than the longest list (a proven top k is the top k at any depth)
+    base = min(orders.longest, 4 * k + int(np.diff(pex.indptr).max(initial=0)))
+    deeper = 2
+    while not done.all() and 0 < base and base * deeper // 2 < orders.longest:
+        rest = np.flatnonzero(~done)
+        c, v, ok = _genre_pop_batch(orders, pop, a[rest], g[rest], pex[rest], k, block, users=rest, deeper=deeper)
+        out_c[rest[ok]], out_v[rest[ok]] = c[ok], v[ok]
+        done[rest[ok]] = True
+        deeper *= 2
     slow = []
     for u in np.flatnonzero(~done).tolist():  # the prefixes did not prove it: deeper, user by user
         top = np.flatnonzero(a[u] > 0)
