@@ -330,8 +330,8 @@ class Assembler:
         # object lives as long as its model): a title's fields, an item's fields after them, a
         # shelf's header. Bounded like the reasons: by titles, and codes x arguments x regions.
         self._title_json = _Memo(self._encode_title)
-        # keyed by ((reason arg + 1) << 6 | reason code << 2 | slot, region): one small int
-        self._item_tail = _Memo(self._encode_tail, limit=100_000)
+        # per region, keyed by (reason arg + 1) << 6 | reason code << 2 | slot: one small int
+        self._item_tails: dict[str | None, _Memo] = {}
         self._header_json = _Memo(self._encode_header, limit=100_000)
         self._stamp_json = _Memo(_encode_stamp, limit=100_000)  # a page's generated_at
 
@@ -449,10 +449,19 @@ class Assembler:
         return orjson.dumps({"title_id": self._ids[t], "name": self._names[t], "kind": self._kinds[t],
                              "genres": genres})[:-1]
 
-    def _encode_tail(self, key: tuple[int, str | None]) -> bytes:
+    def _tails(self, region: str | None) -> "_Memo":
+        """The item tails (``_encode_tail``) of ``region``, by packed (argument, code, slot)."""
+        got = self._item_tails.get(region)
+        if got is None:
+            if len(self._item_tails) >= 256:  # request regions are whatever a client sends
+                self._item_tails.clear()
+            got = self._item_tails[region] = _Memo(lambda packed: self._encode_tail(packed, region),
+                                                   limit=100_000)
+        return got
+
+    def _encode_tail(self, packed: int, region: str | None) -> bytes:
         """``,"slot_kind":...,"reason":...,"score":`` : an item's JSON after its title's fields,
         up to its score."""
-        packed, region = key
         slot, code, arg = packed & 3, (packed >> 2) & 15, (packed >> 6) - 1
         return b',"slot_kind":' + orjson.dumps(SLOT_KINDS[slot]) + b',"reason":' + orjson.dumps(
             self.reason(code, arg, region)) + b',"score":'
@@ -471,7 +480,7 @@ class Assembler:
         (``parse_page``)."""
         region = page.region
         hidden = set(_ints(page.hidden))
-        titles_json, tail, header = self._title_json, self._item_tail, self._header_json
+        titles_json, tail, header = self._title_json, self._tails(region), self._header_json
         out = []
         for s in page.shelves:
             if s.type in SHARED_TYPES:
@@ -489,14 +498,14 @@ class Assembler:
             elif s.type == TOP_PICKS:
                 titles = _ints(s.titles)
                 scores = _scores_json(_ints(s.scores))
-                body = b",".join([titles_json[t] + tail[((a + 1) << 6 | c << 2 | k, region)] + sc + b"}"
+                body = b",".join([titles_json[t] + tail[(a + 1) << 6 | c << 2 | k] + sc + b"}"
                                   for t, k, c, a, sc in zip(titles, _ints(s.slots), _ints(s.reasons),
                                                             _ints(s.reason_args), scores)])
             else:
                 titles = _ints(s.titles)
                 if not titles:
                     continue
-                end = tail[((s.reason_arg + 1) << 6 | s.reason << 2, region)] + b"null}"
+                end = tail[(s.reason_arg + 1) << 6 | s.reason << 2] + b"null}"
                 body = (end + b",").join(map(titles_json.__getitem__, titles)) + end
             out.append(header[(s.type, s.arg, region)] + body + b"]}")
         return b"".join((b'{"user_id":', orjson.dumps(page.user_id), b',"model_version":',
@@ -518,7 +527,7 @@ class Assembler:
             InvalidInput: a blob of another format version or a truncated one.
         """
         acc, end = int.from_bytes(blob, "big"), 8 * len(blob)
-        titles_json, tail, header = self._title_json, self._item_tail, self._header_json
+        titles_json, header = self._title_json, self._header_json
         try:
             version = acc >> (end - 8)
             if version != VERSION:
@@ -549,10 +558,10 @@ class Assembler:
                 n = (acc >> (end - pos)) & 127
                 pos += n * b
                 seg = (acc >> (end - pos)) & ((1 << n * b) - 1)
-                titles = [(seg >> k) & mask for k in range((n - 1) * b, -1, -b)]
-                if t != TOP_PICKS:
-                    shelves.append((t, arg, titles, None))
+                if t != TOP_PICKS:  # a row: its titles are read where its JSON is written
+                    shelves.append((t, arg, (seg, n), None))
                     continue
+                titles = [(seg >> k) & mask for k in range((n - 1) * b, -1, -b)]
                 pos += 2 * n
                 seg = (acc >> (end - pos)) & ((1 << 2 * n) - 1)
                 slots = [(seg >> k) & 3 for k in range(2 * n - 2, -1, -2)]
@@ -575,7 +584,7 @@ class Assembler:
             hidden = {(seg >> (b * k)) & mask for k in range(nh)}
         except ValueError:  # a shift past the blob's end
             raise InvalidInput(FieldError("page", "truncated page blob")) from None
-        shared = shared_for(region)
+        shared, tail = shared_for(region), self._tails(region)
         out = []
         for t, arg, titles, top in shelves:
             if titles is None:
@@ -596,28 +605,34 @@ class Assembler:
                 scores = _scores_json([lo + q / 255.0 * span for q in qs])
                 for x, k, p, sc in zip(titles, slots, packed, scores):
                     c, p = p >> 4, p & 15
-                    a = -1
-                    if p != NONE_NIBBLE:
-                        if c in R.GENRE_ARG:
+                    if p == NONE_NIBBLE:
+                        a = -1
+                    else:
+                        how = _ARG_OF[c]
+                        if how == 1:  # a position in the title's genres
                             tg = genres[x]
                             a = int(tg[p]) if p < len(tg) else -1
-                        elif c in R.TITLE_ARG:
+                        elif how == 2:  # a position in the page's anchors
                             a = anchors[p] if p < len(anchors) else -1
                         else:
                             a = p
-                    parts += (titles_json[x], tail[((a + 1) << 6 | c << 2 | k, region)], sc, b"},")
+                    parts += (titles_json[x], tail[(a + 1) << 6 | c << 2 | k], sc, b"},")
                 body = b"".join(parts)[:-1]
             else:
-                if not titles:
+                seg, n = titles
+                if not n:
                     continue
                 code, rarg = _ROW_REASON[t], (-1 if t == CONTINUE else arg)
-                last = tail[((rarg + 1) << 6 | code << 2, region)] + b"null}"
-                body = (last + b",").join(map(titles_json.__getitem__, titles)) + last
-            out.append(header[(t, arg, region)] + body + b"]}")
+                last = tail[(rarg + 1) << 6 | code << 2] + b"null}"
+                body = (last + b",").join([titles_json[(seg >> k) & mask]
+                                           for k in range((n - 1) * b, -1, -b)]) + last
+            out += (header[(t, arg, region)], body, b"]},")
+        if out:
+            out[-1] = b"]}"
         return b"".join((b'{"user_id":', orjson.dumps(user_id), b',"model_version":',
                          orjson.dumps(model_version), b',"generated_at":',
                          self._stamp_json[(head >> 4) & 0x3FFFFFFFF], b',"mode":',
-                         _MODE_JSON[head >> 38], b',"shelves":[', b",".join(out), b"]}"))
+                         _MODE_JSON[head >> 38], b',"shelves":[', *out, b"]}"))
 
     def decode(self, blob: bytes, user_id: str, model_version: str,
                shared: Mapping[str, SharedShelf | bytes] | None = None) -> dict:
@@ -627,6 +642,9 @@ class Assembler:
 
 _SHARED_CODE = {TRENDING: R.TRENDING, TOP10: R.TOP10, NEW: R.NEW_RELEASE, TOP10_GLOBAL: R.TOP10_GLOBAL}
 _MODE_JSON = [orjson.dumps(m) for m in MODES]
+# how a top pick's 4-bit reason argument reads, by reason code: 1 a position in the title's genres,
+# 2 a position in the page's anchors, 0 the value itself
+_ARG_OF = tuple(1 if c in R.GENRE_ARG else 2 if c in R.TITLE_ARG else 0 for c in range(16))
 
 
 def _encode_stamp(ts: int) -> bytes:
