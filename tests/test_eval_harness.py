@@ -91,6 +91,28 @@ def test_temporal_protocol_and_split_facts(tiny):
     assert "std" not in doc["models"]["popularity"]  # one seed: no spread
 
 
+def test_session_test_window_is_in_the_json_and_the_report(tiny, tmp_path):
+    """--test-window session: the same cut and training side, fewer test events (each user's
+    first test session; ratings without session ids, so sessions end at 30 idle minutes)."""
+    data, _ = tiny
+    whole = evaluate(load_settings(data_dir=data), "temporal", k=5, models=["popularity"])
+    out, rep = tmp_path / "out.json", tmp_path / "rep"
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--protocol", "temporal",
+                                   "--test-window", "session", "--k", "5", "--json", str(out),
+                                   "--report", str(rep), "--models", "popularity"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert whole["test_window"] == "all" and doc["test_window"] == "session"
+    assert doc["split"]["cutoff"] == whole["split"]["cutoff"]
+    assert doc["split"]["train_interactions"] == whole["split"]["train_interactions"]
+    assert 0 < doc["split"]["test_users"] <= whole["split"]["test_users"]
+    assert doc["split"]["test_events"] < whole["split"]["test_events"]
+    assert "first test session" in (rep / "report.md").read_text().splitlines()[0]
+    bad = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--protocol", "msr-stratified",
+                                   "--test-window", "session", "--models", "popularity"])
+    assert bad.exit_code == 2
+
+
 def test_ground_truth_of_a_simulated_world_is_scored(tiny):
     data, events = tiny
     # the ground truth here is exactly the held-out ratings, so true metrics equal the split's

@@ -197,3 +197,94 @@ def test_holdout_rows_splits_each_row():
     assert (fit + val - x).count_nonzero() == 0
     assert fit.multiply(val).nnz == 0
     np.testing.assert_array_equal(np.diff(fit.indptr), np.rint(0.75 * np.diff(x.indptr)))
+
+
+def session_world():
+    """Users a, b, c: 32 completes in training (minutes 0-7.75), then 9 test interactions from
+    minute 10 on, so the 80th percentile of the 41 interaction times is minute 10. a and b log
+    session ids, c logs none (its sessions end at 30 minutes of inactivity)."""
+    ids = [f"t{i}" for i in range(40)]
+    titles = catalog_table(ids, ids, [["drama"]] * 40)
+    titles = titles.set_column(titles.schema.get_field_index("runtime_min"), "runtime_min",
+                               pa.array([100.0] * 40, pa.float32()))
+    base = 1_700_000_000
+    train = [("a", f"t{20 + i}") for i in range(11)] + [("b", f"t{20 + i}") for i in range(11)] + \
+            [("c", f"t{20 + i}") for i in range(10)]
+    spec = [(u, t, "complete", i * 0.25, {}) for i, (u, t) in enumerate(train)] + [
+        # a's first test session a1 (phone): t5 watched to 95 % (positive), t6 to 50 % (not)
+        ("a", "t5", "progress", 10, {"position_s": 5700.0, "watched_s": 5700.0, "device": "mobile",
+                                     "session_id": "a1"}),
+        ("a", None, "search", 10.5, {"query": "heat", "device": "mobile", "session_id": "a1"}),
+        ("a", "t6", "progress", 11, {"position_s": 3000.0, "watched_s": 3000.0, "device": "mobile",
+                                     "session_id": "a1"}),
+        # a's later session a2 (TV): finishes t6 and likes t7; neither may reach the first session
+        ("a", "t6", "complete", 200, {"device": "tv", "session_id": "a2"}),
+        ("a", "t7", "thumbs_up", 201, {"device": "tv", "session_id": "a2"}),
+        # b's first session has no positive (a rating of 3); its later one has a 5
+        ("b", "t7", "rating", 12, {"rating": 3.0, "device": "tv", "session_id": "b1"}),
+        ("b", "t8", "rating", 300, {"rating": 5.0, "device": "tv", "session_id": "b2"}),
+        # c, no session ids: t9 and t10 17 minutes apart (one session), t11 70 minutes later
+        ("c", "t9", "complete", 13, {"device": "web"}),
+        ("c", "t10", "thumbs_up", 30, {"device": "web"}),
+        ("c", "t11", "complete", 100, {"device": "tablet"}),
+    ]
+    evs = [parse_event({"user_id": u, "title_id": t, "type": ty, "ts": base + 60 * m, **kw},
+                       now=dt.datetime(2030, 1, 1, tzinfo=UTC)) for u, t, ty, m, kw in spec]
+    return events_to_table(evs), Catalog(titles)
+
+
+def relevant_by_user(split) -> dict[str, set[str]]:
+    m = split.train.matrix
+    ids = list(m.title_ids)
+    return {m.user_ids[r]: {ids[c] for c in split.relevant[i].indices}
+            for i, r in enumerate(split.test_rows)}
+
+
+def test_session_window_keeps_exactly_the_first_test_sessions_positives():
+    events, catalog = session_world()
+    whole = make_split(events, catalog, "temporal")
+    split = make_split(events, catalog, "temporal", test_window="session")
+    cut = dt.datetime.fromtimestamp(1_700_000_000 + 600, tz=UTC)
+    assert whole.train.cutoff == split.train.cutoff == cut  # the same cut ...
+    assert split.train.events.equals(whole.train.events)  # ... and the same training side
+    assert relevant_by_user(whole) == {"a": {"t5", "t6", "t7"}, "b": {"t8"},
+                                       "c": {"t9", "t10", "t11"}}
+    # the first session only: a's later plays do not count, b's first session has no positive
+    # (b is no test user), and c's session ends at the 70-minute gap
+    assert relevant_by_user(split) == {"a": {"t5"}, "c": {"t9", "t10"}}
+    assert split.test_window == "session" and whole.test_window == "all"
+    # no later event is left on the test side: a's session a2, b's b2 and c's last play are gone
+    ts = split.test_events.column("ts").to_pylist()
+    assert set(split.test_events.column("session_id").drop_null().to_pylist()) == {"a1", "b1"}
+    assert max(ts) == dt.datetime.fromtimestamp(1_700_000_000 + 30 * 60, tz=UTC)
+    # the request is the first session's first event, as in the whole window
+    dev = {split.train.matrix.user_ids[r]: int(split.request.device[i])
+           for i, r in enumerate(split.test_rows)}
+    assert dev == {"a": 1, "c": 3}  # mobile, web
+    assert len(split.request) == len(split.test_rows)
+
+
+def test_first_session_events_follow_the_session_id_else_the_gap():
+    from reelrec.eval.splits import first_session_events
+    events, _ = session_world()
+    later = events.filter(pc.greater_equal(events.column("ts"), pa.scalar(
+        dt.datetime.fromtimestamp(1_700_000_000 + 600, tz=UTC), events.schema.field("ts").type)))
+    got = first_session_events(later)
+    assert got.num_rows == 6  # a1 (3 events), b1 (1), c's first two
+    # shuffling the lake's order changes nothing
+    shuffled = later.take(np.random.default_rng(0).permutation(later.num_rows))
+    assert sorted(first_session_events(shuffled).column("event_id").to_pylist()) == \
+        sorted(got.column("event_id").to_pylist())
+    # without session ids, a's search 30 s after its first event is in, a2 (3 h later) out
+    bare = later.drop_columns(["session_id"])
+    users = first_session_events(bare).column("user_id").to_pylist()
+    assert users.count("a") == 3 and users.count("b") == 1 and users.count("c") == 2
+
+
+def test_session_window_is_temporal_only():
+    ev = random_ratings(5)
+    cat = Catalog(catalog_table(["t0"], ["T0"], [["drama"]]))
+    for protocol, window in (("msr-stratified", "session"), ("temporal", "week")):
+        with pytest.raises(InvalidInput) as info:
+            make_split(ev, cat, protocol, test_window=window)
+        assert info.value.errors[0].field == "test_window"

@@ -410,6 +410,9 @@ def serve(data: Optional[Path] = DataOpt,
 def evaluate(
     data: Optional[Path] = DataOpt,
     protocol: str = typer.Option(..., "--protocol", help="msr-stratified or temporal"),
+    test_window: str = typer.Option("all", "--test-window",
+                                    help="temporal: score against all test events (all) or each "
+                                         "test user's first test session (session)"),
     k: int = typer.Option(10, "--k", help="list length the metrics are computed at"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the result document here"),
     report: Optional[Path] = typer.Option(None, "--report", help="folder for report.md and plots"),
@@ -423,7 +426,7 @@ def evaluate(
     s = settings_for(data)
     names = [m.strip() for m in models.split(",") if m.strip()]
     try:
-        doc = run_eval(s, protocol, k=k, seeds=seeds, models=names,
+        doc = run_eval(s, protocol, k=k, seeds=seeds, models=names, test_window=test_window,
                        progress=lambda msg: err_console.print(msg, markup=False, highlight=False,
                                                                 soft_wrap=True))
     except ReelrecError as exc:

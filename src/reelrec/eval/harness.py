@@ -22,7 +22,7 @@ from reelrec.domain.users import load_users
 from reelrec.errors import FieldError, InvalidInput, NotFound, ReelrecError
 from reelrec.eval import metrics as M
 from reelrec.eval.models import DEFAULT_MODELS, binary, resolve
-from reelrec.eval.splits import PROTOCOLS, Split, make_split, seen_matrix
+from reelrec.eval.splits import PROTOCOLS, TEST_WINDOWS, Split, make_split, seen_matrix
 from reelrec.eval.truth import load_truth, relevance
 from reelrec.log import get_logger
 from reelrec.recommender import ContextRecommender
@@ -116,17 +116,22 @@ def _aggregate(runs: list[dict[str, float]]) -> dict:
 
 def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
              models: tuple[str, ...] | list[str] = DEFAULT_MODELS,
-             progress: Progress | None = None) -> dict:
+             progress: Progress | None = None, test_window: str = "all") -> dict:
     """Evaluate ``models`` on the lake of ``settings.data_dir``; returns the result document.
+    ``test_window`` (temporal): ``"all"`` (the whole test period) or ``"session"`` (each test
+    user's first test session; see ``reelrec.eval.splits.first_session_events``).
 
     Raises:
-        InvalidInput: bad protocol, k, seeds or model name; an empty lake.
+        InvalidInput: bad protocol, test window, k, seeds or model name; an empty lake.
         NotFound: the data directory has no catalog.
     """
     say = progress or _quiet
     errs = []
     if protocol not in PROTOCOLS:
         errs.append(FieldError("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}"))
+    if test_window not in TEST_WINDOWS or (test_window != "all" and protocol != "temporal"):
+        errs.append(FieldError("test_window", f"must be one of {', '.join(TEST_WINDOWS)} "
+                                              f"(session: temporal only), got {test_window!r}"))
     if not 1 <= k <= CANDIDATE_N:
         errs.append(FieldError("k", f"must be between 1 and {CANDIDATE_N}, got {k}"))
     if seeds < 1:
@@ -165,7 +170,7 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
     splits_info = []
     for seed in seed_list:
         t = time.perf_counter()
-        split = make_split(events, catalog, protocol, seed, users, settings.signals)
+        split = make_split(events, catalog, protocol, seed, users, settings.signals, test_window)
         m = split.train.matrix
         info = {"seed": seed, "train_events": split.train.events.num_rows,
                 "test_events": split.test_events.num_rows, "train_users": m.shape[0],
@@ -176,7 +181,9 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
         if split.request is not None:
             info["request_context_known"] = int((split.request.cell >= 0).sum())
         splits_info.append(info)
-        say(f"seed {seed}: {protocol} split: {info['train_interactions']:,} training interactions, "
+        window = " (first test session)" if test_window == "session" else ""
+        say(f"seed {seed}: {protocol} split{window}: {info['train_interactions']:,} training "
+            f"interactions, "
             f"{info['test_users']:,} test users, {info['relevant']:,} relevant titles "
             f"({time.perf_counter() - t:.1f} s)")
         per_user_ndcg: dict[str, np.ndarray] = {}
@@ -248,6 +255,9 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
     doc = {
         "dataset": Path(settings.data_dir).resolve().name,
         "protocol": protocol,
+        # temporal: the test events scored, "all" (the whole test period) or "session" (each
+        # test user's first test session); None for msr-stratified
+        "test_window": test_window if protocol == "temporal" else None,
         "k": k,
         "seeds": seed_list,
         "models": result_models,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 TABLE_METRICS = ("ndcg", "precision", "recall", "map", "map_all", "hr")
+WINDOW_NAMES = {"all": "test window: all test events",
+                "session": "test window: each test user's first test session"}
 EXTRA_METRICS = ("recall@100", "candidate_recall@100", "coverage", "diversity", "novelty")
 
 
@@ -33,7 +35,9 @@ def markdown(doc: dict) -> str:
     cols = acc + [c for c in EXTRA_METRICS + tuple(truth) if any(c in m for m in models.values())]
     split = doc["split"] if isinstance(doc["split"], dict) else doc["split"][0]
     lines = [
-        f"# Evaluation: {doc['dataset']}, {doc['protocol']}, K = {k}",
+        f"# Evaluation: {doc['dataset']}, {doc['protocol']}"
+        + (f" ({WINDOW_NAMES.get(doc['test_window'], doc['test_window'])})"
+           if doc.get("test_window") else "") + f", K = {k}",
         "",
         f"Seeds {', '.join(map(str, doc['seeds']))}; {split['train_interactions']:,} training "
         f"interactions, {split['test_users']:,} test users, {split['relevant']:,} relevant titles"
@@ -92,7 +96,8 @@ def write_report(doc: dict, out_dir: Path | str) -> list[Path]:
     written.append(md)
 
     k = doc["k"]
-    title = f"{doc['dataset']} · {doc['protocol']}"
+    title = f"{doc['dataset']} · {doc['protocol']}" + (
+        " · first test session" if doc.get("test_window") == "session" else "")
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), constrained_layout=True)
     for ax, metric in zip(axes.ravel(), ("precision", "recall", "ndcg", "map")):
         for name, m in doc["models"].items():

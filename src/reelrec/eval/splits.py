@@ -13,7 +13,11 @@ layer would see: the events before the split, folded by the signal weighting int
   the test window, it was rated >= 4, completed to >= 90 %, thumbed up or rewatched, and the user
   had not already interacted with it in training (those can never be recommended). Each test
   user's request context is the device and local hour of their first test event
-  (``Split.request``): what a request at the start of the test period would carry.
+  (``Split.request``): what a request at the start of the test period would carry. With
+  ``test_window="session"`` only the events of each user's first test session count (the
+  session of their first test event: its ``session_id``, or where the event has none, the events
+  that follow it without a gap of more than ``SESSION_GAP_S``); relevance is folded over those
+  events alone, so the relevant titles are the ones the request's session engaged with.
 
 ``holdout_rows`` splits a training matrix the same way for tuning (EASE lambda, ALS).
 """
@@ -37,6 +41,8 @@ from reelrec.errors import FieldError, InvalidInput
 from reelrec.recommender import TrainData
 
 PROTOCOLS = ("msr-stratified", "temporal")
+TEST_WINDOWS = ("all", "session")  # temporal: the whole test period, or each user's first session
+SESSION_GAP_S = 30 * 60  # without a session id, a session ends at 30 minutes of inactivity
 TRAIN_RATIO = 0.75
 TEMPORAL_QUANTILE = 0.8
 POSITIVE_RATING = 4.0
@@ -62,6 +68,7 @@ class Split:
     # temporal: the request each test user is scored for, the device and local hour of their
     # first test event (row-aligned with ``test_rows``); None for msr-stratified (no time order)
     request: RequestContext | None = None
+    test_window: str = "all"
 
 
 def _sorted_codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -141,6 +148,35 @@ def temporal_split_events(events: pa.Table, quantile: float = TEMPORAL_QUANTILE
     return events.filter(before), events.filter(pc.invert(before)), cutoff
 
 
+def first_session_events(events: pa.Table, gap_s: float = SESSION_GAP_S) -> pa.Table:
+    """Each user's first session in ``events``: the session of their first event (the one
+    ``first_event_context`` reads the request from). Events count when they carry that event's
+    ``session_id``; where it has none, the user's events from it on until the first gap of more
+    than ``gap_s`` seconds. Events are returned in their original order."""
+    if events.num_rows == 0:
+        return events
+    user, _ = _sorted_codes(events.column("user_id"))
+    us = pc.cast(pc.cast(events.column("ts"), pa.timestamp("us", tz="UTC")), pa.int64())
+    t = us.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
+    order = np.lexsort((t, user))  # by user, then time; ties keep the lake's order
+    u, ts = user[order], t[order]
+    start = np.r_[True, u[1:] != u[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(u)), 0))  # each row's user's first
+    if "session_id" in events.column_names:
+        sid, _ = _sorted_codes(events.column("session_id").fill_null(""))
+        has = pc.is_valid(events.column("session_id")).to_numpy(zero_copy_only=False)
+        sid, has = sid[order], has[order]
+    else:
+        sid, has = np.zeros(len(u), np.int64), np.zeros(len(u), bool)
+    by_id = has[first] & has & (sid == sid[first])
+    # gap rule: a row is in the first session while no gap > gap_s separates it from the first
+    breaks = np.cumsum(~start & (np.diff(ts, prepend=ts[0]) > gap_s))
+    by_gap = ~has[first] & (breaks == breaks[first])
+    keep = np.zeros(len(u), bool)
+    keep[order] = by_id | by_gap
+    return events.filter(pa.array(keep))
+
+
 def build_train(events: pa.Table, catalog: Catalog, users: pa.Table | None = None,
                 cutoff: dt.datetime | None = None,
                 weights: SignalWeights | None = None) -> TrainData:
@@ -180,13 +216,19 @@ def seen_matrix(matrix: InteractionMatrix) -> sp.csr_matrix:
 
 
 def make_split(events: pa.Table, catalog: Catalog, protocol: str, seed: int = 42,
-               users: pa.Table | None = None, weights: SignalWeights | None = None) -> Split:
-    """Split the lake's events by ``protocol`` and build both sides.
+               users: pa.Table | None = None, weights: SignalWeights | None = None,
+               test_window: str = "all") -> Split:
+    """Split the lake's events by ``protocol`` and build both sides. ``test_window``
+    (temporal only): ``"all"`` scores against the whole test period, ``"session"`` against each
+    user's first test session (``first_session_events``); the training side is the same.
 
     Raises:
-        InvalidInput: unknown protocol, or nothing left to test on.
+        InvalidInput: unknown protocol or test window, or nothing left to test on.
     """
     weights = weights or SignalWeights()
+    if test_window not in TEST_WINDOWS or (test_window != "all" and protocol != "temporal"):
+        raise InvalidInput(FieldError("test_window", f"must be one of {', '.join(TEST_WINDOWS)} "
+                                                     f"(session: temporal only), got {test_window!r}"))
     if protocol == "msr-stratified":
         train_ev, test_ev = stratified_split_events(events, TRAIN_RATIO, seed)
         cutoff = None
@@ -199,6 +241,8 @@ def make_split(events: pa.Table, catalog: Catalog, protocol: str, seed: int = 42
     if protocol == "temporal":
         known = pa.array(list(train.matrix.user_ids), pa.string())
         test_ev = test_ev.filter(pc.is_in(test_ev.column("user_id"), value_set=known))
+        if test_window == "session":
+            test_ev = first_session_events(test_ev)
     inter = fold_interactions(test_ev, catalog.table, weights)
     negative = inter.column("negative")
     if protocol == "msr-stratified":
@@ -217,7 +261,7 @@ def make_split(events: pa.Table, catalog: Catalog, protocol: str, seed: int = 42
     if protocol == "temporal":
         ids = train.matrix.user_ids[test_rows]
         request = first_event_context(test_ev, ids, _regions_of(users, ids))
-    return Split(protocol, seed, train, test_ev, test_rows, rel, cold, request)
+    return Split(protocol, seed, train, test_ev, test_rows, rel, cold, request, test_window)
 
 
 def _regions_of(users: pa.Table | None, user_ids: np.ndarray) -> np.ndarray | None:
