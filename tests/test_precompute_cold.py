@@ -1,7 +1,7 @@
 """Precompute's shared cold-start pages (``shared_cold_page``), on the ``tiny_world`` fixture.
 
 Cold-start users with nothing of their own (no engaged, shown, excluded or started title) share
-``cold_draws`` explore draws per (region, device, hour, onboarding picks), each user hashed to
+``cold_draws`` explore draws per (region, device, hour band, onboarding picks), each user hashed to
 one; a page is still a function of the seed, the profile and the user id alone.
 """
 
@@ -41,13 +41,34 @@ def shared_plan(tiny_world):
 def test_only_users_with_nothing_of_their_own_have_a_key(shared_plan):
     p, cold = shared_plan
     prof = p.profiles.get(cold[0])
-    assert cold_start_key(prof) == ((prof.region or "").upper(), None, None,
+    assert cold_start_key(prof) == ((prof.region or "").upper(), "web", "day",
                                     tuple(g.lower() for g in prof.onboarding_genres))
     for change in ({"impressions": np.array([3])}, {"thumbs_down": np.array([3])},
                    {"finished": np.array([3])}, {"in_progress": np.array([3])},
                    {"recent_positives": np.array([3])}, {"n_engaged": 1},
                    {"kind_affinity": np.array([1.0, 0, 0])}):
         assert cold_start_key(dataclasses.replace(prof, **change)) is None, change
+
+
+def test_the_key_holds_what_the_page_depends_on(shared_plan):
+    """Two hours of one band (and no device against "web") give one key, because they give the
+    same page; another band gives another key and its own page."""
+    p, cold = shared_plan
+    m = p.model
+    prof = p.profiles.get(cold[0])
+
+    def page(**change):
+        q = dataclasses.replace(prof, **change)
+        return m.encode(m.compose(q, None, bandit=ThompsonBandit(m.features.cluster_names),
+                                  rng=np.random.default_rng(3), now=NOW))
+    seven, eight = dataclasses.replace(prof, device="mobile", hour=7), dataclasses.replace(prof, device="Mobile", hour=8)
+    assert cold_start_key(seven) == cold_start_key(eight)
+    assert page(device="mobile", hour=7) == page(device="Mobile", hour=8)
+    assert cold_start_key(dataclasses.replace(prof, device=None)) == cold_start_key(
+        dataclasses.replace(prof, device="web"))
+    late = dataclasses.replace(prof, device="mobile", hour=22)
+    assert cold_start_key(late) != cold_start_key(seven)
+    assert page(device="mobile", hour=22) != page(device="mobile", hour=7)
 
 
 def test_a_shared_page_depends_on_the_user_alone_not_on_what_was_composed_before(shared_plan):

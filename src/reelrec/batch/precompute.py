@@ -30,6 +30,7 @@ import numpy as np
 
 from reelrec.batch.progress import NullProgress
 from reelrec.compose.bandit import ThompsonBandit
+from reelrec.compose.coldstart import hour_band
 from reelrec.compose.features import UserProfile
 from reelrec.compose.mix import kind_bounds, kind_deviation, kind_shares
 from reelrec.compose.shelves import TOP_PICKS
@@ -155,15 +156,17 @@ def user_rng(seed: int, user_id: str) -> np.random.Generator:
 def cold_start_key(profile: UserProfile) -> tuple | None:
     """What a cold-start page depends on besides its explore draw, or None when the user has
     anything of their own (an engaged, excluded, shown or started title, or an affinity): the
-    region, device, hour and onboarding picks. Users with the same key get the same page for
-    the same draw."""
+    region, device, hour band and onboarding picks, read as the cold-start priors read them
+    (``reelrec.compose.coldstart``). Users with the same key get the same page for the same
+    draw."""
     p = profile
     if (p.n_engaged or len(p.impressions) or len(p.thumbs_down) or len(p.finished) or len(p.in_progress)
             or len(p.recent_positives)):
         return None
     if np.any(p.kind_affinity) or (p.genre_affinity is not None and np.any(p.genre_affinity)):
         return None
-    return ((p.region or "").upper(), p.device, p.hour, tuple(g.lower() for g in p.onboarding_genres))
+    return ((p.region or "").upper(), (p.device or "web").lower(), hour_band(p.hour),
+            tuple(g.lower() for g in p.onboarding_genres))
 
 
 COLD_MEMO_MAX = 4096  # (key, draw) -> page blob; onboarding picks make many keys: keep it bounded
