@@ -315,13 +315,16 @@ def test_a_version_saved_before_the_context_cells_loads_and_scores(tmp_path):
     assert (fit[np.isfinite(fit)] == 0).all()
 
 
-def test_temporal_window_request_is_the_first_label_event_and_nothing_else():
+@pytest.mark.parametrize("label_session", [False, True])
+def test_temporal_window_request_is_the_first_label_event_and_nothing_else(label_session):
     """A temporal window's request is the device and local hour of each user's first event after
     the inner cutoff (the event's region's time zone, else the user's); the labels' titles,
-    types and later events do not reach it, nor the features built with it."""
+    types and later events do not reach it, nor the features built with it. The same with the
+    labels cut to the first label session."""
     base = batch_world.train_data()
     data = batch_world.train_data(_late_title_events(base), cutoff=batch_world.T0 + dt.timedelta(days=30))
-    w = label_window(data.events, data.matrix, data.catalog, data.cutoff, RankerParams(),
+    params = RankerParams(label_session=label_session)
+    w = label_window(data.events, data.matrix, data.catalog, data.cutoff, params,
                      regions=np.array(["GB"] * 30 + ["US"] * 30, dtype=object))
     assert w.request is not None and len(w.request) == data.matrix.shape[0]
     ev = data.events
@@ -358,8 +361,8 @@ def test_temporal_window_request_is_the_first_label_event_and_nothing_else():
     scrambled = scrambled.set_column(scrambled.schema.get_field_index("device"), "device",
                                      pa.array(list(devices), pa.string()))
     w2 = label_window(pa.concat_tables([before_ev, scrambled.cast(ev.schema)]), data.matrix, data.catalog,
-                      data.cutoff, RankerParams(), regions=np.array(["GB"] * 30 + ["US"] * 30, dtype=object))
-    assert w2.ref == w.ref and w2.labels.nnz == 0  # the labels are gone, the request is not
+                      data.cutoff, params, regions=np.array(["GB"] * 30 + ["US"] * 30, dtype=object))
+    assert w.labels.nnz > 0 and w2.ref == w.ref and w2.labels.nnz == 0  # the labels are gone, the request is not
     np.testing.assert_array_equal(w.request.device, w2.request.device)
     np.testing.assert_array_equal(w.request.hour, w2.request.hour)
     # and the window's features, built for that request, are the same either way
@@ -418,3 +421,55 @@ def test_ranker_recommends_for_a_request_context():
     np.testing.assert_array_equal(rec.recommend(rows, 5), rec.recommend_in_context(rows, 5, RequestContext.unknown(10)))
     with pytest.raises(Exception):
         rec.recommend_in_context(rows, 5, RequestContext.unknown(3))
+
+
+def test_session_labels_keep_exactly_the_first_label_sessions_positives():
+    """``label_session``: a temporal window's labels are the positives of each user's first
+    session after the inner cutoff (its session id, else no gap over 30 minutes), the request
+    that session's first event; without it, every positive of the label window."""
+    base = batch_world.train_data()
+    ev = base.events
+    hand = ("u00", "u31", "u02")
+    # the hand users' own history ends on day 5, well before the inner cutoff (about day 8)
+    early = pc.or_(pc.invert(pc.is_in(ev.column("user_id"), pa.array(list(hand)))),
+                   pc.less(ev.column("ts"), pa.scalar(batch_world.T0 + dt.timedelta(days=5),
+                                                      EVENT_SCHEMA.field("ts").type)))
+    day20 = batch_world.T0 + dt.timedelta(days=20)
+    spec = [
+        # u00: session s1 on a phone completes t40; s2, on the TV a day later, completes t41 and t38
+        ("u00", "t40", "complete", 0, "mobile", "s1"), ("u00", None, "search", 5, "mobile", "s1"),
+        ("u00", "t41", "complete", 1440, "tv", "s2"), ("u00", "t38", "complete", 1441, "tv", "s2"),
+        # u31: the first session only searches; its later one completes t00
+        ("u31", None, "search", 0, "tv", "s3"), ("u31", "t00", "complete", 600, "tv", "s4"),
+        # u02, no session ids: t38 and t37 20 minutes apart (one session), t36 70 minutes later
+        ("u02", "t38", "complete", 0, "web", None), ("u02", "t37", "complete", 20, "web", None),
+        ("u02", "t36", "complete", 90, "tablet", None),
+    ]
+    rows = [dict(event_id=f"h{i}", user_id=u, title_id=t, type=ty, ts=day20 + dt.timedelta(minutes=m),
+                 device=d, session_id=s) for i, (u, t, ty, m, d, s) in enumerate(spec)]
+    ev = pa.concat_tables([ev.filter(early), pa.Table.from_pylist(rows, schema=EVENT_SCHEMA)])
+    data = batch_world.train_data(ev, cutoff=batch_world.T0 + dt.timedelta(days=30))
+    regions = np.array(["GB"] * 30 + ["US"] * 30, dtype=object)
+    whole = label_window(data.events, data.matrix, data.catalog, data.cutoff, RankerParams(), regions=regions)
+    w = label_window(data.events, data.matrix, data.catalog, data.cutoff, RankerParams(label_session=True),
+                     regions=regions)
+    assert w.ref == whole.ref and w.ref < day20
+    ids, titles = data.matrix.user_index(), list(data.matrix.title_ids)
+
+    def labelled(win, labels=None):
+        lab = win.labels if labels is None else labels
+        return {u: {titles[c] for c in lab[ids[u]].indices} for u in hand}
+
+    assert labelled(w) == {"u00": {"t40"}, "u31": set(), "u02": {"t38", "t37"}}
+    assert labelled(whole) == {"u00": {"t40", "t41", "t38"}, "u31": {"t00"}, "u02": {"t38", "t37", "t36"}}
+    # every other user's labels are their first session's too: a subset of the window's
+    assert (w.labels - w.labels.multiply(whole.labels)).nnz == 0 and w.labels.nnz < whole.labels.nnz
+    # stage 1 is still tuned against every positive of the window, and the request is unchanged
+    assert whole.all_labels is None and (w.tune_labels != whole.labels).nnz == 0
+    np.testing.assert_array_equal(w.request.device, whole.request.device)
+    np.testing.assert_array_equal(w.request.hour, whole.request.hour)
+    assert w.request.device[ids["u00"]] == 1  # mobile, the first session's
+    # no label event reaches the features: the feature window is the same, and before the labels
+    assert w.events.equals(whole.events) and pc.max(w.events.column("ts")).as_py() < w.ref
+    lr = np.repeat(np.arange(w.labels.shape[0]), np.diff(w.labels.indptr))
+    assert not is_member(w.matrix.positives, lr, w.labels.indices).any()

@@ -428,9 +428,11 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
     with progress.step("label window"):
         w = label_window(data.events, m, data.catalog, data.cutoff, cfg.ranker, regions=regions)
     wx = _window_matrix_exclude(w)
-    labels = w.labels
-    report["label_window"] = {"ref": w.ref.isoformat(), "labels": int(labels.nnz),
+    labels = w.tune_labels  # stage 1 is tuned against every positive of the window
+    report["label_window"] = {"ref": w.ref.isoformat(), "labels": int(w.labels.nnz),
                               "kind": "temporal" if data.cutoff is not None else "random"}
+    if w.all_labels is not None:
+        report["label_window"].update(session=True, window_labels=int(w.all_labels.nnz))
 
     # tune ALS and EASE against the window's labels
     als_params, trials, best_model = cfg.als, [], None
@@ -551,6 +553,8 @@ class RankerRecommender:
         if not r:
             return {}
         out = {k: r[k] for k in ("rounds", "num_leaves", "min_data_in_leaf", "groups", "valid_ndcg@10") if k in r}
+        if "label_window" in self.report:
+            out["label_window"] = self.report["label_window"]
         if "ranker_selection" in self.report:
             out["selection_trials"] = self.report["ranker_selection"]["trials"]
         return out

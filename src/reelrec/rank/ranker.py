@@ -11,7 +11,11 @@ data into a feature window and label pairs:
 Either way no label event can reach its own features; tests/test_rank.py checks it. What a
 temporal window's labels do pass on is the request they answer: the device and local hour of
 each user's first event in the label window (``Window.request``), which the ranker's request
-features read as a served request's device and hour; nothing else of those events.
+features read as a served request's device and hour; nothing else of those events. With
+``RankerParams.label_session`` a temporal window's labels are only the positives of each user's
+first session in the label window (``reelrec.eval.splits.first_session_events``, the session rule
+of the ``--test-window session`` protocol): the session the request describes, as that protocol
+scores it. ALS and EASE are still tuned against every positive of the window (``Window.all_labels``).
 
 The ranker learns on features from stage-1 models fitted on the feature window and is served
 features from stage-1 models fitted on all the training data, so its own held-out groups (drawn
@@ -71,6 +75,9 @@ class RankerParams:
     patience: int = 50
     round_step: int = 25
     inner_windows: int = 2  # label windows drawn inside the first window for the replica
+    # temporal windows: label only the positives of each user's first session in the label window
+    # (the session of the event the request is read from) instead of every positive of the window
+    label_session: bool = False
 
 
 @dataclass
@@ -86,6 +93,13 @@ class Window:
     # of the user's first event in the label window, all a real request would carry of it; None
     # for a random window (no time order), where the user's habitual cell stands in
     request: RequestContext | None = None
+    # every positive of the label window where ``labels`` keeps fewer (``label_session``); what
+    # stage 1 is tuned against. None: the same as ``labels``
+    all_labels: sp.csr_matrix | None = None
+
+    @property
+    def tune_labels(self) -> sp.csr_matrix:
+        return self.labels if self.all_labels is None else self.all_labels
 
 
 def aligned_ts(events: pa.Table, catalog: Catalog, matrix: InteractionMatrix,
@@ -131,14 +145,23 @@ def label_window(events: pa.Table, matrix: InteractionMatrix, catalog: Catalog,
         le = events.filter(pc.invert(before))
         fi = fold_interactions(fe, catalog.table, weights)
         fm = InteractionMatrix.from_interactions(fi, matrix.title_ids, user_ids=matrix.user_ids)
-        lm = InteractionMatrix.from_interactions(fold_interactions(le, catalog.table, weights),
-                                                 matrix.title_ids, user_ids=matrix.user_ids)
         seen = (fm.positives + fm.negatives) > 0
-        labels = sp.csr_matrix((lm.positives > 0).astype(np.float32) - (lm.positives > 0).multiply(seen))
-        labels.eliminate_zeros()
+
+        def positives_of(ev: pa.Table) -> sp.csr_matrix:
+            lm = InteractionMatrix.from_interactions(fold_interactions(ev, catalog.table, weights),
+                                                     matrix.title_ids, user_ids=matrix.user_ids)
+            lab = sp.csr_matrix((lm.positives > 0).astype(np.float32) - (lm.positives > 0).multiply(seen))
+            lab.eliminate_zeros()
+            return lab
+
+        labels = all_labels = positives_of(le)
+        if params.label_session:
+            from reelrec.eval.splits import first_session_events
+            labels = positives_of(first_session_events(le))
         request = first_event_context(le.select([c for c in ("user_id", "ts", "device", "region")
                                                   if c in le.column_names]), matrix.user_ids, regions)
-        return Window(fe, fm, aligned_ts(fe, catalog, fm, weights, fi), labels, ref, request)
+        return Window(fe, fm, aligned_ts(fe, catalog, fm, weights, fi), labels, ref, request,
+                      all_labels if params.label_session else None)
 
     keep, held = holdout_random(matrix.positives, params.label_frac, params.seed)
     held_b = sp.csr_matrix((held > 0).astype(np.float32))
