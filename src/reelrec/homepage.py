@@ -480,8 +480,8 @@ class HomepageReader:
         loop: the one cache read awaits the cache's asyncio client (no worker thread per
         request); a model version this process has not loaded yet is loaded on a worker thread,
         so the loop keeps serving while it loads. Assembly is CPU work of a fraction of a
-        millisecond and runs on the loop: the cached page is parsed and its document spliced
-        from JSON fragments (``Assembler.json``)."""
+        millisecond and runs on the loop: the cached page is read into its JSON document in one
+        pass (``ServingModel.assemble_json``)."""
         import asyncio
         keys = read_keys(user_id, region)
         try:

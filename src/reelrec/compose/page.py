@@ -365,6 +365,14 @@ class Assembler:
             entry = self._shared_items[id(got)] = (got, region, titles, items, frags, b",".join(frags))
         return entry
 
+    def _shared_body(self, got: SharedShelf, shelf_type: int, region: str | None,
+                     hidden: set[int]) -> bytes:
+        """A shared shelf's items as JSON, without the user's ``hidden`` titles (empty: none left)."""
+        _, _, titles, _, frags, body = self._shared_entry(got, _SHARED_CODE[shelf_type], region)
+        if hidden and not hidden.isdisjoint(titles):
+            body = b",".join([f for t, f in zip(titles, frags) if t not in hidden])
+        return body
+
     def _shared(self, got: SharedShelf, code: int, region: str | None) -> tuple[list[int], list[dict]]:
         entry = self._shared_entry(got, code, region)
         return entry[2], entry[3]
@@ -487,13 +495,9 @@ class Assembler:
                 if got is None:
                     continue
                 got = decode_shared(got) if isinstance(got, (bytes, bytearray)) else got
-                _, _, titles, _, frags, joined = self._shared_entry(got, _SHARED_CODE[s.type], region)
-                if hidden and not hidden.isdisjoint(titles):
-                    frags = [f for t, f in zip(titles, frags) if t not in hidden]
-                    joined = b",".join(frags)
-                if not frags:
+                body = self._shared_body(got, s.type, region, hidden)
+                if not body:
                     continue
-                body = joined
             elif s.type == TOP_PICKS:
                 titles = _ints(s.titles)
                 scores = _scores_json(_ints(s.scores))
@@ -590,11 +594,8 @@ class Assembler:
                 got = shared.get(shared_key(t, region))
                 if got is None:
                     continue
-                _, _, st, _, frags, body = self._shared_entry(got, _SHARED_CODE[t], region)
-                if hidden and not hidden.isdisjoint(st):
-                    frags = [f for x, f in zip(st, frags) if x not in hidden]
-                    body = b",".join(frags)
-                if not frags:
+                body = self._shared_body(got, t, region, hidden)
+                if not body:
                     continue
             elif top is not None:
                 slots, anchors, packed, lo, hi, qs = top
