@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from reelrec.batch.progress import NullProgress
 from reelrec.domain.catalog import Catalog
-from reelrec.domain.matrix import InteractionMatrix, index_of
+from reelrec.domain.matrix import InteractionMatrix, index_of, seconds
 from reelrec.domain.users import DAYPARTS, DEVICES, RequestContext, context_cell, utc_offset_h
 from reelrec.errors import Conflict, InvalidInput
 from reelrec.log import get_logger
@@ -42,7 +42,7 @@ from reelrec.recall.candidates import (DEFAULT_QUOTAS, Artifacts, Candidates, Us
                                        merge, run_sources)
 from reelrec.recall.covisit import EASE_MAX_TITLES, covisitation, ease
 from reelrec.recall.itemitem import build as build_item_item
-from reelrec.recall.popular import compute_stats, seconds
+from reelrec.recall.popular import compute_stats
 from reelrec.recommender import TrainData
 
 log = get_logger(__name__)

@@ -69,3 +69,9 @@ class InteractionMatrix:
         pos = (~negative) & (weight > 0)
         ones = np.ones(len(rows), dtype=np.float32)
         return cls(user_ids, title_ids, mat(pos, weight), mat(negative, ones), mat(finished, ones))
+
+
+def seconds(col) -> np.ndarray:
+    """Epoch seconds (float64) of a timestamp column of any unit (the lake writes ms, DuckDB us)."""
+    us = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
+    return us.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6

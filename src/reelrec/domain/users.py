@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from reelrec.domain.matrix import index_of
+from reelrec.domain.matrix import index_of, seconds
 from reelrec.errors import NotFound
 
 DEVICES: tuple[str, ...] = ("tv", "mobile", "tablet", "web")
@@ -93,8 +93,7 @@ def first_event_context(events: pa.Table, user_ids, regions=None, last: bool = F
     if events.num_rows == 0 or "device" not in events.column_names:
         return out
     row = index_of(events.column("user_id"), pa.array([str(u) for u in user_ids], pa.string()))
-    us = pc.cast(pc.cast(events.column("ts"), pa.timestamp("us", tz="UTC")), pa.int64())
-    t = us.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6  # any unit the lake writes
+    t = seconds(events.column("ts"))
     ok = row >= 0
     if not ok.any():
         return out

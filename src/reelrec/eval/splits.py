@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from reelrec.config import SignalWeights
 from reelrec.domain.catalog import Catalog
-from reelrec.domain.matrix import InteractionMatrix, index_of
+from reelrec.domain.matrix import InteractionMatrix, index_of, seconds
 from reelrec.domain.signals import fold_interactions
 from reelrec.domain.users import RequestContext, first_event_context
 from reelrec.errors import FieldError, InvalidInput
@@ -156,8 +156,7 @@ def first_session_events(events: pa.Table, gap_s: float = SESSION_GAP_S) -> pa.T
     if events.num_rows == 0:
         return events
     user, _ = _sorted_codes(events.column("user_id"))
-    us = pc.cast(pc.cast(events.column("ts"), pa.timestamp("us", tz="UTC")), pa.int64())
-    t = us.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
+    t = seconds(events.column("ts"))
     order = np.lexsort((t, user))  # by user, then time; ties keep the lake's order
     u, ts = user[order], t[order]
     start = np.r_[True, u[1:] != u[:-1]]

@@ -38,11 +38,10 @@ import scipy.sparse as sp
 
 from reelrec.config import SignalWeights
 from reelrec.domain.catalog import Catalog
-from reelrec.domain.matrix import InteractionMatrix, index_of
+from reelrec.domain.matrix import InteractionMatrix, index_of, seconds
 from reelrec.domain.signals import fold_interactions
 from reelrec.domain.users import RequestContext, first_event_context
 from reelrec.recall.als import holdout_random
-from reelrec.recall.popular import seconds
 
 
 @dataclass

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from reelrec.domain.catalog import KINDS
 from reelrec.domain.users import DAYPARTS, DEVICES, context_cell, utc_offset_h
-from reelrec.domain.matrix import index_of
+from reelrec.domain.matrix import index_of, seconds
 
 DAY_S = 86400.0
 TIME_BINS = 32
@@ -94,12 +94,6 @@ class TitleStats:
         """Row of each region code in the regional arrays; -1 when unknown."""
         lookup = {r: i for i, r in enumerate(self.regions.tolist())}
         return np.array([lookup.get((r or "").upper(), -1) for r in regions], dtype=np.int64)
-
-
-def seconds(col) -> np.ndarray:
-    """Epoch seconds (float64) of a timestamp column of any unit (the lake writes ms, DuckDB us)."""
-    us = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
-    return us.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
 
 
 def title_attributes(catalog_table: pa.Table) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:

@@ -37,13 +37,12 @@ from reelrec.compose.bandit import ThompsonBandit
 from reelrec.config import Settings
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.events import EVENT_SCHEMA, parse_ts
-from reelrec.domain.matrix import index_of
+from reelrec.domain.matrix import index_of, seconds
 from reelrec.domain.signals import fold_interactions
 from reelrec.domain.users import first_event_context, load_users
 from reelrec.errors import NotFound
 from reelrec.homepage import HomepageReader, ServingModel, profiles_from_interactions
 from reelrec.log import get_logger
-from reelrec.recall.popular import seconds
 from reelrec.recall.als import fold_in
 from reelrec.storage.cache import page_key
 from reelrec.storage.lake import open_lake
