@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _procs import free_port, say, wait_port  # noqa: E402
 
-HOMEPAGE_ROUTE = "/v1/users/{user_id}/homepage"
+from reelrec.serve.api import HOMEPAGE_PATH as HOMEPAGE_ROUTE  # noqa: E402
 CONSTANT = "/bench/constant-page"  # + "/{user_id}"
 CONSTANT_BYTES = "/bench/constant-bytes"  # the same page, encoded once at start
 

