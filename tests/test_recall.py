@@ -388,3 +388,28 @@ def test_rp3beta_and_item_knn_by_hand():
     k = item_knn(x, top=10, shrink=0.0).toarray()
     assert k[0, 1] == pytest.approx(2 / np.sqrt(2 * 2)) and k[0, 2] == pytest.approx(1 / np.sqrt(2 * 3))
     assert (rp3beta(x, top=1).getnnz(axis=1) <= 1).all() and (item_knn(x, top=1).getnnz(axis=1) <= 1).all()
+
+
+def test_session_covisitation_pairs_titles_of_one_sitting_only():
+    """Titles one user turned positive within the gap pair up; titles of another day do not,
+    whoever watched them. Counts are over (sqrt(n_i n_j) + shrink)."""
+    from reelrec.errors import InvalidInput
+    from reelrec.recall.itemitem import build, session_covisitation
+    day = 86400.0
+    x = sp.csr_matrix(np.array([[1, 1, 1, 0], [1, 1, 0, 1], [0, 0, 1, 1]], np.float32))
+    # user 0: titles 0, 1 in one sitting, title 2 a day later; user 1: 0 and 1 together, 3 a day
+    # later; user 2: 2 and 3 two days apart
+    t = sp.csr_matrix(np.array([[10.0, 70.0, day, 0], [5.0, 20.0, 0, day], [0, 0, 100.0, 2 * day + 100]]))
+    w = session_covisitation(x, t, gap_s=600.0, shrink=0.0).toarray()
+    assert w[0, 1] == pytest.approx(2 / np.sqrt(2 * 2)) and w[1, 0] == pytest.approx(w[0, 1])
+    assert (w[2] == 0).all() and (w[3] == 0).all() and w[0, 0] == 0
+    # a gap of two days joins every pair of each user's positives
+    wide = session_covisitation(x, t, gap_s=3 * day, shrink=0.0).toarray()
+    assert wide[2, 3] == pytest.approx(1 / np.sqrt(2 * 2)) and wide[0, 2] == pytest.approx(1 / np.sqrt(2 * 2))
+    # the window bounds the pairs of a positive to its next ``window`` ones in time order
+    assert session_covisitation(x, t, gap_s=3 * day, shrink=0.0, window=1).toarray()[0, 3] == 0
+    assert wide[0, 3] > 0
+    with pytest.raises(InvalidInput):
+        build("session", x, {})
+    with pytest.raises(InvalidInput):
+        session_covisitation(x, sp.csr_matrix(np.ones((3, 4))), gap_s=600.0)

@@ -262,3 +262,36 @@ def test_item_item_sources_are_candidates_features_and_survive_a_version(tmp_pat
                                rp3beta(loaded.users.positives, alpha=0.8, beta=0.3, top=50).toarray(), rtol=1e-6)
     np.testing.assert_allclose(loaded.art.item_item["itemknn"].toarray(),
                                item_knn(loaded.users.positives, top=50).toarray(), rtol=1e-6)
+
+
+def test_session_covisitation_as_source_and_as_feature_only(tmp_path):
+    """Session co-visitation reads the positives' times: with a quota it places candidates and
+    gives the ranker its features; with quota 0 it gives the features and places no candidate,
+    so the pool is the one without it."""
+    from reelrec.recall.candidates import DEFAULT_QUOTAS
+    from reelrec.recall.itemitem import session_covisitation
+    s = _settings(tmp_path)
+    res = train(s, small_config(item_item={"session": {"gap_s": 1800.0, "top": 50}},
+                                quotas={**DEFAULT_QUOTAS, "session": 30}))
+    loaded = load_model(s, res.version)
+    assert "item_item.session.npz" in res.manifest["files"]
+    w = loaded.art.item_item["session"]
+    assert w.nnz > 0 and (w.getnnz(axis=1) <= 50).all() and w.diagonal().sum() == 0
+    np.testing.assert_allclose(w.toarray(), session_covisitation(loaded.users.positives, loaded.users.ts,
+                                                                 gap_s=1800.0, top=50).toarray(), rtol=1e-6)
+    state = loaded.users.take(np.arange(10))
+    cands, _ = loaded.candidates(state)
+    assert np.isfinite(cands.rank[:, :, cands.sources.index("session")]).any()
+    assert "session_z" in loaded.ranker.feature_name()
+
+    res0 = train(s, small_config(item_item={"session": {"gap_s": 1800.0, "top": 50}},
+                                 quotas={**DEFAULT_QUOTAS, "session": 0}))
+    feat_only = load_model(s, res0.version)
+    plain = load_model(s, train(s, small_config()).version)
+    c0, _ = feat_only.candidates(state)
+    c1, _ = plain.candidates(state)
+    assert "session" in c0.sources and not np.isfinite(c0.rank[:, :, c0.sources.index("session")]).any()
+    np.testing.assert_array_equal(c0.cols, c1.cols)
+    x = feat_only.features(state, c0, feat_only.candidates(state)[1])
+    names = feat_only.ranker.feature_name()
+    assert np.nanstd(x[:, :, names.index("session_z")]) > 0

@@ -68,7 +68,8 @@ class PipelineConfig:
     # ablation that measures what they add ("reelrec-ranker-nocontext")
     context_features: bool = True
     ann: ANNConfig = field(default_factory=ANNConfig)
-    # further item-item sources (recall.itemitem), name -> parameters; each needs a quota
+    # further item-item sources (recall.itemitem), name -> parameters; each needs a quota (0: its
+    # scores are ranker features only and it places no candidate)
     item_item: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -210,7 +211,7 @@ def fit_stage1(positives: sp.csr_matrix, ts: sp.csr_matrix, negatives: sp.csr_ma
     item_item = {}
     for name, params in cfg.item_item.items():
         with progress.step(name):
-            item_item[name] = build_item_item(name, positives, params)
+            item_item[name] = build_item_item(name, positives, params, ts)
     art = Artifacts(np.asarray(catalog.ids, dtype=object), vectors, ~trained, als_params, index, cov, stats,
                     b, ref.timestamp(), item_item)
     with progress.step("user context"):

@@ -12,7 +12,7 @@ Layout of ``<models>/<version>/``::
     arrays.npz               title vectors, user vectors, ids, statistics, user state
     covisit.npz              co-visitation (sparse)
     ease.npy                 EASE weights (small catalogs only)
-    item_item.NAME.npz       further item-item sources (RP3beta, item-kNN; sparse), when configured
+    item_item.NAME.npz       further item-item sources (RP3beta, item-kNN, session; sparse), when configured
     ann.faiss                the FAISS index (each distinct title vector once)
     ann.rows.npy             each title's row of the index (absent in versions before the dedupe)
     ranker.txt               the LightGBM model

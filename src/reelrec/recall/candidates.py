@@ -36,7 +36,7 @@ class Artifacts:
     stats: TitleStats
     ease: np.ndarray | None = None  # (N, N) float32, catalogs up to EASE_MAX_TITLES
     ref_s: float = 0.0  # reference time (end of the training data), epoch seconds
-    # further item-item sources by name (recall.itemitem: "rp3beta", "itemknn"), sparse (N, N)
+    # further item-item sources by name (recall.itemitem: "rp3beta", "itemknn", "session"), sparse (N, N)
     item_item: dict = field(default_factory=dict)
 
     def __getstate__(self) -> dict:
@@ -264,6 +264,9 @@ def run_sources(art: Artifacts, state: UserState, quotas: dict[str, int],
     out = []
     for name, q in quotas.items():
         if q <= 0:
+            if name in art.item_item and name in dense:  # quota 0: scored for the ranker, no candidates
+                b = len(state)
+                out.append(SourceResult(name, np.full((b, 0), -1, np.int64), np.zeros((b, 0), np.float32)))
             continue
         if name == "ann":
             un = art.stats.unavailable
