@@ -264,6 +264,22 @@ def test_top_k_ties_keep_the_lowest_columns():
     assert vals.tolist() == [[3, 3, 3], [2, 2, 2]]
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 2**16), st.integers(1, 2**17), st.integers(0, 2**31))
+def test_entry_order_is_lexsort_by_row_value_column(n, n_rows, n_cols, seed):
+    from reelrec.recall.als import entry_order
+    rng = np.random.default_rng(seed)
+    pairs = np.unique(rng.integers(0, n_rows * n_cols, n))
+    rows, cols = pairs // n_cols, pairs % n_cols
+    # few distinct values, signed zeros, infinities and subnormals: ties and every corner of the key
+    values = np.array([0.0, -0.0, 1.5, -2.0, 1e30, -1e-30, np.inf, -np.inf, 3e-39, -3e-39], np.float32)
+    vals = rng.choice(values, len(rows))
+    np.testing.assert_array_equal(entry_order(rows, cols, vals), np.lexsort((cols, -vals, rows)))
+    if len(vals):  # NaN: lexsort's own order
+        vals[0] = np.nan
+        np.testing.assert_array_equal(entry_order(rows, cols, vals), np.lexsort((cols, -vals, rows)))
+
+
 def _repeated(n: int, distinct: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` title vectors drawn from ``distinct`` rows (shuffled, every row used), and the rows."""
     rng = np.random.default_rng(seed)

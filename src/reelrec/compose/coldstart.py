@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reelrec.compose.config import ComposeConfig
-from reelrec.compose.features import SOURCE, SERIES, CatalogFeatures, Candidates, UserProfile
+from reelrec.compose.features import SOURCE, SERIES, CatalogFeatures, Candidates, UserProfile, pack_words
 
 # hour bands: late evening is when phones lean to short and local titles
 BANDS = ("night", "morning", "day", "evening", "late")
@@ -172,8 +172,9 @@ class ColdStartPriors:
         if got is None:
             if len(self._picked) >= 4096:  # picks make many segments: keep the cache bounded
                 self._picked.clear()
+            # no cached rank weights (``_harmonic``): picks make nearly a key per user, and only
+            # users part way to a personal page blend
             got = self._picked[key] = self._with_picks(seg, profile.region, picks)
-            got._harmonic = _harmonic(got.scores)
         return got
 
     def _with_picks(self, seg: Candidates, region: str | None, picks: list[int]) -> Candidates:
@@ -191,9 +192,9 @@ class ColdStartPriors:
             raw = np.log1p(np.clip(pop[seg.titles], 0, None))
             member = np.zeros(len(f), bool)
             member[seg.titles] = True
-            got = self._seg_parts[sk] = (seg, pop, raw.max() if len(raw) else None, f.genre_multi_hot[seg.titles],
+            got = self._seg_parts[sk] = (seg, pop, raw.max() if len(raw) else None, f.genre_words[seg.titles],
                                          member)
-        _, _, seg_max, seg_mh, member = got
+        _, _, seg_max, seg_words, member = got
         parts = [self._genre_top(region, g) for g in picks]
         extra = np.concatenate([p[0] for p in parts])
         raw = np.concatenate([p[1] for p in parts])
@@ -205,7 +206,10 @@ class ColdStartPriors:
         base = raw[keep]
         base = base / m if m is not None and m > 0 else base
         extra = extra[keep]
-        matched = np.concatenate([seg_mh[:, picks].any(axis=1), f.genre_multi_hot[extra][:, picks].any(axis=1)])
+        wanted = np.zeros(f.n_genres, bool)
+        wanted[picks] = True
+        # a title of a picked genre: one AND of genre words per title
+        matched = (np.concatenate([seg_words, f.genre_words[extra]]) & pack_words(wanted)[0]).any(axis=1)
         t = np.concatenate([seg.titles, extra])
         s = np.concatenate([seg.scores, base]) + 1.0 * matched
         src = np.concatenate([seg.sources, np.full(len(extra), SOURCE["popular"], np.uint8)])

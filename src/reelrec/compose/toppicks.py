@@ -25,7 +25,8 @@ and the page is chosen again, kept if it is better by the same order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,14 +59,20 @@ class Pool:
     anchor: np.ndarray
     kind: np.ndarray
     gw: np.ndarray  # genre words
-    mh: np.ndarray  # genre multi-hot (n, G)
     novel: np.ndarray  # never shown
     explore_ok: np.ndarray  # outside the dominant genres
     theta: np.ndarray  # the bandit's draw for the title's cluster
     cluster: np.ndarray
+    catalog_mh: np.ndarray = field(repr=False)  # the catalog's genre multi-hot, read by ``mh``
 
     def __len__(self) -> int:
         return len(self.t)
+
+    @functools.cached_property
+    def mh(self) -> np.ndarray:
+        """Genre multi-hot of the pool's titles (n, G): only the exact solver and the genre
+        backfill read it, so it is gathered on first use."""
+        return self.catalog_mh[self.t]
 
 
 @dataclass
@@ -168,8 +175,8 @@ def _make_pool(features: CatalogFeatures, marks: Marks, t, s, src, anc, dom_word
     gw = features.genre_words[t]
     cl = features.cluster[t]
     return Pool(t=t, score=s, src=src, anchor=anc, kind=features.kind[t].astype(np.int64), gw=gw,
-                mh=features.genre_multi_hot[t], novel=marks.novel(t),
-                explore_ok=~((gw & dom_words).any(axis=1)), theta=theta_by_cluster[cl], cluster=cl)
+                novel=marks.novel(t), explore_ok=~((gw & dom_words).any(axis=1)), theta=theta_by_cluster[cl],
+                cluster=cl, catalog_mh=features.genre_multi_hot)
 
 
 def _words(genres: np.ndarray, n_genres: int) -> np.ndarray:

@@ -111,11 +111,10 @@ def build_features(art: Artifacts, state: UserState, cands: Candidates,
               art.content[c0].astype(np.float32)]
 
     aff = genre_affinity(state.positives, st.genres)  # (B, G)
-    tg = st.genres.astype(np.float32)
-    n_g = np.maximum(np.asarray(tg.sum(axis=1)).ravel(), 1.0)
+    tg, n_g, title_genres = _genre_parts(art)
     # affinity of the user for each candidate's genres: (aff @ genres^T) gathered at the candidates
-    ga = _genre_dot_at(tg, aff, c0)  # (B, C): (aff @ genres^T) at the candidates
-    gmax = _genre_max_at(tg, aff, c0)  # (B, C)
+    ga = _genre_dot_at(title_genres, aff, c0)  # (B, C): (aff @ genres^T) at the candidates
+    gmax = _genre_max_at(title_genres, aff, c0)  # (B, C)
     kind_share = _kind_share(state.positives, st.kind)  # (B, K)
     kind_c = st.kind[c0]
     feats += [ga / n_g[c0], gmax,
@@ -136,7 +135,7 @@ def build_features(art: Artifacts, state: UserState, cands: Candidates,
               st.ctr[cl[:, None], c0], st.ctr_all[c0]]
 
     sg = state.search_genres
-    search = _genre_dot_at(tg, sg, c0) if sg.shape[1] == tg.shape[1] else np.zeros((b, c), np.float32)
+    search = _genre_dot_at(title_genres, sg, c0) if sg.shape[1] == tg.shape[1] else np.zeros((b, c), np.float32)
     n_pos = np.diff(sp.csr_matrix(state.positives).indptr).astype(np.float32)
     x = sp.csr_matrix(state.positives)
     pop_mean = np.asarray((x > 0).astype(np.float32) @ np.log(pop_share + 1e-7)).ravel() / np.maximum(n_pos, 1)
@@ -244,11 +243,26 @@ def _title_genres(tg: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     return cols, vals
 
 
-def _genre_dot_at(tg: sp.csr_matrix, aff: np.ndarray, c0: np.ndarray) -> np.ndarray:
-    """(tg @ aff.T).T at the candidates only, (B, C) float32: each title's genres summed in the
-    order the sparse product sums them (stored order, float32), so the values are the same."""
-    cols, vals = _title_genres(tg)
-    dt = np.result_type(tg.dtype, aff.dtype)
+def _genre_parts(art: Artifacts) -> tuple[sp.csr_matrix, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The catalog's title x genre matrix as float32, each title's genre count (at least 1) and
+    ``_title_genres`` of the matrix: the same for every batch of a model, so built once (kept
+    while ``stats.genres`` is the same object)."""
+    genres = art.stats.genres
+    derived = art.__dict__.setdefault("_derived", {})  # as ``recall.candidates._cached``: not pickled
+    got = derived.get("rank_genres")
+    if got is None or got[0] is not genres:
+        tg = genres.astype(np.float32)
+        got = derived["rank_genres"] = (genres, tg, np.maximum(np.asarray(tg.sum(axis=1)).ravel(), 1.0),
+                                        _title_genres(tg))
+    return got[1], got[2], got[3]
+
+
+def _genre_dot_at(title_genres: tuple[np.ndarray, np.ndarray], aff: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """(tg @ aff.T).T at the candidates only, (B, C) float32, from ``title_genres = _title_genres(tg)``:
+    each title's genres summed in the order the sparse product sums them (stored order, float32),
+    so the values are the same."""
+    cols, vals = title_genres
+    dt = np.result_type(vals.dtype, aff.dtype)
     aff = np.asarray(aff, dt)
     vals = vals.astype(dt, copy=False)
     out = np.zeros(c0.shape, dt)
@@ -259,9 +273,10 @@ def _genre_dot_at(tg: sp.csr_matrix, aff: np.ndarray, c0: np.ndarray) -> np.ndar
     return out.astype(np.float32, copy=False)
 
 
-def _genre_max_at(tg: sp.csr_matrix, aff: np.ndarray, c0: np.ndarray) -> np.ndarray:
-    """The user's largest affinity among each candidate's genres (0 without any), (B, C)."""
-    cols, _ = _title_genres(tg)
+def _genre_max_at(title_genres: tuple[np.ndarray, np.ndarray], aff: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """The user's largest affinity among each candidate's genres (0 without any), (B, C), from
+    ``title_genres = _title_genres(tg)``."""
+    cols, _ = title_genres
     out = np.zeros(c0.shape, np.float32)
     rows = np.arange(c0.shape[0])[:, None]
     for j in range(cols.shape[1]):

@@ -197,6 +197,31 @@ def topk_excluding(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) ->
     return topk_entries(rows, cols, s[rows, cols], b, k)
 
 
+def entry_order(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """``np.lexsort((cols, -vals, rows))`` of int64 rows and columns and float32 values: by row,
+    value descending, then column.
+
+    When the three fit one 64-bit key (row, the value's 32 bits made order-preserving and
+    inverted, column), one sort of that key, whose entries are distinct, gives the same order at
+    about half the cost of lexsort's three stable passes (the genre-popular and co-visitation
+    sources sort ~10^5 entries a batch); an entry listed twice may come in either order. NaN
+    values or negative indices take lexsort itself."""
+    n = len(rows)
+    if n == 0 or rows.min() < 0 or cols.min() < 0 or np.isnan(vals).any():
+        return np.lexsort((cols, -vals, rows))
+    row_bits, col_bits = int(rows.max()).bit_length(), int(cols.max()).bit_length()
+    if row_bits + col_bits > 32:
+        return np.lexsort((cols, -vals, rows))
+    # IEEE bits ordered as the floats: flip every bit of a negative, the sign bit of the rest
+    # (+ 0.0 first, so that -0.0 and 0.0, equal to lexsort, share one key)
+    bits = (vals + np.float32(0.0)).view(np.uint32).astype(np.uint64)
+    ascending = np.where(bits >> np.uint64(31), bits ^ np.uint64(0xFFFFFFFF), bits | np.uint64(0x80000000))
+    descending = np.uint64(0xFFFFFFFF) - ascending
+    key = ((rows.astype(np.uint64) << np.uint64(32 + col_bits)) | (descending << np.uint64(col_bits))
+           | cols.astype(np.uint64))
+    return np.argsort(key)
+
+
 def topk_entries(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (cols, vals) per row from scattered entries (row, col, value), best first, equal
@@ -204,7 +229,7 @@ def topk_entries(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: i
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
     vals = np.asarray(vals, np.float32)
-    order = np.lexsort((cols, -vals, rows))
+    order = entry_order(rows, cols, vals)
     rows, cols, vals = rows[order], cols[order], vals[order]
     first = np.searchsorted(rows, np.arange(n_rows))
     pos = np.arange(len(rows)) - first[rows] if len(rows) else np.zeros(0, np.int64)
