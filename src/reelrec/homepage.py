@@ -48,7 +48,8 @@ UTC = dt.timezone.utc
 
 # the pipeline's source names -> composition's source codes (reasons depend on them)
 _SOURCE_MAP = {"ann": "ann", "ease": "covisit", "covisit": "covisit", "trending": "trending",
-               "new": "new", "genre_pop": "genre", "rp3beta": "covisit", "itemknn": "covisit"}
+               "new": "new", "genre_pop": "genre", "rp3beta": "covisit", "itemknn": "covisit",
+               "session": "covisit"}
 CANDIDATES_PER_USER = 150
 STRONG_POSITIVE = 2.0  # weight from which a title can seed "Because you watched X"
 RECENT_POSITIVES = 5

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from reelrec.batch.progress import NullProgress
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import InteractionMatrix, index_of, seconds
-from reelrec.domain.users import DAYPARTS, DEVICES, RequestContext, context_cell, utc_offset_h
+from reelrec.domain.users import DAYPARTS, DEVICES, RequestContext, context_cell, table_regions, utc_offset_h
 from reelrec.errors import Conflict, InvalidInput
 from reelrec.log import get_logger
 from reelrec.rank.features import build_features, feature_names
@@ -131,14 +131,7 @@ def pd_isnull(a: np.ndarray) -> np.ndarray:
 
 def user_regions(user_ids: np.ndarray, users: pa.Table | None, events: pa.Table) -> np.ndarray:
     """Each user's region: the users table, else the latest region on their events."""
-    out = np.full(len(user_ids), None, dtype=object)
-    if users is not None and "region" in users.column_names and users.num_rows:
-        idx = index_of(users.column("user_id"), pa.array(list(user_ids), pa.string()))
-        reg = users.column("region").to_numpy(zero_copy_only=False)
-        pos = np.full(len(user_ids), -1)
-        pos[idx[idx >= 0]] = np.flatnonzero(idx >= 0)
-        has = pos >= 0
-        out[has] = reg[pos[has]]
+    out = table_regions(users, user_ids)
     missing = pd_isnull(out)
     if missing.any() and "region" in events.column_names and events.num_rows:
         ev = events.filter(pc.is_valid(events.column("region")))

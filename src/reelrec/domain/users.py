@@ -39,11 +39,33 @@ def utc_offset_h(regions) -> np.ndarray:
                     dtype=np.float64)
 
 
+def daypart_cell(device: np.ndarray, local_hour: np.ndarray) -> np.ndarray:
+    """The (device, local daypart) cell of a device index into DEVICES (-1 unknown) and a local
+    hour in [0, 24) (NaN unknown); -1 where either is unknown."""
+    ok = (device >= 0) & np.isfinite(local_hour)
+    part = np.floor(np.nan_to_num(local_hour) / 6.0).astype(np.int64).clip(0, len(DAYPARTS) - 1)
+    return np.where(ok, device * len(DAYPARTS) + part, -1)
+
+
 def context_cell(device: np.ndarray, ts_s: np.ndarray, offset_h: np.ndarray) -> np.ndarray:
     """The (device, local daypart) cell of events: ``device`` index into DEVICES (-1 unknown),
     epoch seconds and the UTC offset of their region; -1 where the device is unknown."""
-    local_h = np.floor(np.mod(ts_s / 3600.0 + offset_h, 24.0)).astype(np.int64)
-    return np.where(device >= 0, device * len(DAYPARTS) + local_h // 6, -1)
+    return daypart_cell(device, np.mod(ts_s / 3600.0 + offset_h, 24.0))
+
+
+def table_regions(users: pa.Table | None, user_ids) -> np.ndarray:
+    """Each of ``user_ids``' region in the users table (object array, None where the table has
+    none or no such user; a user listed twice: the last row, the latest write)."""
+    out = np.full(len(user_ids), None, dtype=object)
+    if users is not None and "region" in users.column_names and users.num_rows:
+        n = users.num_rows
+        latest_first = pa.array(np.arange(n - 1, -1, -1))
+        at = index_of(pa.array([str(u) for u in user_ids], pa.string()),
+                      users.column("user_id").combine_chunks().take(latest_first))
+        reg = np.asarray(users.column("region").to_pylist(), dtype=object)
+        out[at >= 0] = reg[n - 1 - at[at >= 0]]
+    return out
+
 
 @dataclass
 class RequestContext:
@@ -77,9 +99,7 @@ class RequestContext:
     def cell(self) -> np.ndarray:
         """The (device, local daypart) cell of each request (``context_cell``), -1 when the
         device or the hour is unknown."""
-        ok = (self.device >= 0) & np.isfinite(self.hour)
-        part = np.floor(np.nan_to_num(self.hour) / 6.0).astype(np.int64).clip(0, len(DAYPARTS) - 1)
-        return np.where(ok, self.device * len(DAYPARTS) + part, -1)
+        return daypart_cell(self.device, self.hour)
 
 
 def first_event_context(events: pa.Table, user_ids, regions=None, last: bool = False) -> RequestContext:

@@ -22,7 +22,7 @@ from reelrec.domain.users import load_users
 from reelrec.errors import FieldError, InvalidInput, NotFound, ReelrecError
 from reelrec.eval import metrics as M
 from reelrec.eval.models import DEFAULT_MODELS, binary, resolve
-from reelrec.eval.splits import PROTOCOLS, TEST_WINDOWS, Split, make_split, seen_matrix
+from reelrec.eval.splits import PROTOCOLS, Split, make_split, seen_matrix, test_window_error
 from reelrec.eval.truth import load_truth, relevance
 from reelrec.log import get_logger
 from reelrec.recommender import ContextRecommender
@@ -129,9 +129,9 @@ def evaluate(settings: Settings, protocol: str, k: int = 10, seeds: int = 1,
     errs = []
     if protocol not in PROTOCOLS:
         errs.append(FieldError("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}"))
-    if test_window not in TEST_WINDOWS or (test_window != "all" and protocol != "temporal"):
-        errs.append(FieldError("test_window", f"must be one of {', '.join(TEST_WINDOWS)} "
-                                              f"(session: temporal only), got {test_window!r}"))
+    bad_window = test_window_error(protocol, test_window)
+    if bad_window is not None:
+        errs.append(bad_window)
     if not 1 <= k <= CANDIDATE_N:
         errs.append(FieldError("k", f"must be between 1 and {CANDIDATE_N}, got {k}"))
     if seeds < 1:

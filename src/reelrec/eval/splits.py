@@ -36,7 +36,7 @@ from reelrec.config import SignalWeights
 from reelrec.domain.catalog import Catalog
 from reelrec.domain.matrix import InteractionMatrix, index_of, seconds
 from reelrec.domain.signals import fold_interactions
-from reelrec.domain.users import RequestContext, first_event_context
+from reelrec.domain.users import RequestContext, first_event_context, table_regions
 from reelrec.errors import FieldError, InvalidInput
 from reelrec.recommender import TrainData
 
@@ -148,6 +148,14 @@ def temporal_split_events(events: pa.Table, quantile: float = TEMPORAL_QUANTILE
     return events.filter(before), events.filter(pc.invert(before)), cutoff
 
 
+def test_window_error(protocol: str, test_window: str) -> FieldError | None:
+    """Why ``test_window`` cannot go with ``protocol`` (None: it can)."""
+    if test_window in TEST_WINDOWS and (test_window == "all" or protocol == "temporal"):
+        return None
+    return FieldError("test_window", f"must be one of {', '.join(TEST_WINDOWS)} (session: temporal "
+                                     f"only), got {test_window!r}")
+
+
 def first_session_events(events: pa.Table, gap_s: float = SESSION_GAP_S) -> pa.Table:
     """Each user's first session in ``events``: the session of their first event (the one
     ``first_event_context`` reads the request from). Events count when they carry that event's
@@ -225,9 +233,9 @@ def make_split(events: pa.Table, catalog: Catalog, protocol: str, seed: int = 42
         InvalidInput: unknown protocol or test window, or nothing left to test on.
     """
     weights = weights or SignalWeights()
-    if test_window not in TEST_WINDOWS or (test_window != "all" and protocol != "temporal"):
-        raise InvalidInput(FieldError("test_window", f"must be one of {', '.join(TEST_WINDOWS)} "
-                                                     f"(session: temporal only), got {test_window!r}"))
+    bad = test_window_error(protocol, test_window)
+    if bad is not None:
+        raise InvalidInput(bad)
     if protocol == "msr-stratified":
         train_ev, test_ev = stratified_split_events(events, TRAIN_RATIO, seed)
         cutoff = None
@@ -259,18 +267,8 @@ def make_split(events: pa.Table, catalog: Catalog, protocol: str, seed: int = 42
     request = None
     if protocol == "temporal":
         ids = train.matrix.user_ids[test_rows]
-        request = first_event_context(test_ev, ids, _regions_of(users, ids))
+        request = first_event_context(test_ev, ids, table_regions(users, ids))
     return Split(protocol, seed, train, test_ev, test_rows, rel, cold, request, test_window)
-
-
-def _regions_of(users: pa.Table | None, user_ids: np.ndarray) -> np.ndarray | None:
-    """Each user's region from the users table (None where unknown); None without a table."""
-    if users is None or "region" not in users.column_names or not users.num_rows:
-        return None
-    at = index_of(pa.array([str(u) for u in user_ids], pa.string()),
-                  users.column("user_id").combine_chunks())
-    reg = np.asarray(users.column("region").to_pylist(), dtype=object)
-    return np.where(at >= 0, reg[np.maximum(at, 0)], None)
 
 
 def holdout_rows(x: sp.csr_matrix, ratio: float = TRAIN_RATIO, seed: int = 0

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from reelrec.domain.catalog import KINDS
-from reelrec.domain.users import DAYPARTS, DEVICES
+from reelrec.domain.users import DAYPARTS, DEVICES, daypart_cell
 from reelrec.recall.candidates import Artifacts, Candidates, UserState
 from reelrec.recall.popular import genre_affinity, time_bin
 
@@ -205,9 +205,7 @@ def request_cells(state: UserState) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     known = (dev >= 0) & np.isfinite(hour)
     dev = np.where(known, dev, np.where(habit, top // len(DAYPARTS), -1))
     hour = np.where(known, hour, np.where(habit, (top % len(DAYPARTS)) * 6.0 + 3.0, np.nan))
-    part = np.floor(np.nan_to_num(hour) / 6.0).astype(np.int64).clip(0, len(DAYPARTS) - 1)
-    cell = np.where(dev >= 0, dev * len(DAYPARTS) + part, -1)
-    return dev, hour, cell
+    return dev, hour, daypart_cell(dev, hour)
 
 
 def _request_features(st, state: UserState, c0: np.ndarray, runtime: np.ndarray,
