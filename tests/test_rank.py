@@ -18,6 +18,7 @@ from test_train import small_config  # noqa: E402
 
 from reelrec.batch.pipeline import Pipeline, RankerRecommender, fit_stage1  # noqa: E402
 from reelrec.domain.events import EVENT_SCHEMA  # noqa: E402
+from reelrec.errors import InvalidInput  # noqa: E402
 from reelrec.batch.pipeline import make_recommender  # noqa: E402
 from reelrec.eval.models import resolve  # noqa: E402
 from reelrec.rank.features import CONTEXT_FEATURES, build_features, feature_names  # noqa: E402
@@ -419,8 +420,9 @@ def test_ranker_recommends_for_a_request_context():
     out = rec.recommend_in_context(rows, 5, RequestContext.of("tv", 21, n=10))
     assert out.shape == (10, 5)
     np.testing.assert_array_equal(rec.recommend(rows, 5), rec.recommend_in_context(rows, 5, RequestContext.unknown(10)))
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidInput, match="request context for 3 users") as err:
         rec.recommend_in_context(rows, 5, RequestContext.unknown(3))
+    assert err.value.errors[0].field == "context"
 
 
 def test_session_labels_keep_exactly_the_first_label_sessions_positives():
