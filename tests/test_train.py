@@ -254,8 +254,11 @@ def test_item_item_sources_are_candidates_features_and_survive_a_version(tmp_pat
     names = loaded.ranker.feature_name()
     assert "rp3beta_rank" in names and "itemknn_z" in names
     state = loaded.users.take(np.arange(10))
+    weights = state.positives.copy()
     cands, _ = loaded.candidates(state)
     assert {"rp3beta", "itemknn"} <= set(cands.sources)
+    # the sources score binary positives without touching the weights the ranker reads next
+    assert (state.positives != weights).nnz == 0 and (weights.data != 1.0).any()
     assert np.isfinite(cands.rank[:, :, cands.sources.index("rp3beta")]).any()
     from reelrec.recall.itemitem import item_knn, rp3beta
     np.testing.assert_allclose(loaded.art.item_item["rp3beta"].toarray(),

@@ -217,10 +217,11 @@ def dense_scores(art: Artifacts, state: UserState, sources=SOURCES) -> dict:
     """The score blocks (B, N) of the sources that score every title cheaply: numpy arrays or
     ``ScoreBlock``s, which compute only what is read of them."""
     out: dict = {}
+    # the positives as 0/1, a new matrix: the state's own weights are what the ranker reads next
+    binary = (sp.csr_matrix(state.positives) != 0).astype(np.float32) \
+        if ("ease" in sources and art.ease is not None) or any(n in sources for n in art.item_item) else None
     if "ease" in sources and art.ease is not None:
-        x = sp.csr_matrix(state.positives, dtype=np.float32)
-        x.data[:] = 1.0
-        out["ease"] = np.asarray(x @ art.ease, dtype=np.float32)
+        out["ease"] = np.asarray(binary @ art.ease, dtype=np.float32)
     if "covisit" in sources:
         from reelrec.recall.covisit import recent_seeds
         out["covisit"] = _sparse_block(recent_seeds(state.positives, state.ts) @ art.covisit)
@@ -232,9 +233,7 @@ def dense_scores(art: Artifacts, state: UserState, sources=SOURCES) -> dict:
         out["genre_pop"] = _genre_pop_block(art, state)
     for name, w in art.item_item.items():
         if name in sources:
-            x = sp.csr_matrix(state.positives, dtype=np.float32)
-            x.data[:] = 1.0
-            out[name] = _sparse_block(x @ w)
+            out[name] = _sparse_block(binary @ w)
     return out
 
 
