@@ -170,6 +170,8 @@ def assert_json_is_the_document(a: Assembler, page: ComposedPage, shared) -> Non
     asked = []
     got = a.blob_json(blob, page.user_id, "v1", lambda r: asked.append(r) or objects)
     assert got == want and asked == [page.region]
+    # its Python reference, which serves where the compiled splice is not built
+    assert a.blob_json_py(blob, page.user_id, "v1", lambda r: objects) == want
 
 
 def test_json_is_the_document_byte_for_byte(big):
@@ -255,3 +257,68 @@ def test_scores_are_written_as_orjson_writes_them_rounded():
         if rng.random() < 0.1:
             xs = [rng.choice(specials) for _ in xs]
         assert _scores_json(xs) == (orjson.dumps([round(x, 6) for x in xs])[1:-1].split(b",") if xs else [])
+
+
+def test_the_compiled_splice_is_built():
+    """``make install`` builds the compiled splice; without it the service still serves, through
+    the Python splice, at a higher CPU cost. The test environment must have it."""
+    from reelrec.compose import page
+    assert page._splice is not None, "reelrec.compose._splice is not built: pip install -e . needs a C compiler"
+
+
+def _outcome(fn):
+    try:
+        return fn()
+    except InvalidInput as exc:
+        return ("InvalidInput", str(exc))
+    except Exception as exc:  # what a corrupt blob makes the reference raise, the same either way
+        return (type(exc).__name__,)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 11), cut=st.integers(0, 400), flips=st.lists(st.tuples(st.integers(0, 399),
+                                                                                  st.integers(0, 7)), max_size=4),
+       region=st.sampled_from([None, "IN", "KR"]), noise=st.binary(max_size=300))
+def test_compiled_and_python_splice_agree_on_any_blob(big, seed, cut, flips, region, noise):
+    """Valid, truncated, bit-flipped and random blobs: the compiled splice writes what the
+    Python one writes, or fails the same way."""
+    from reelrec.compose import page as P
+    if P._splice is None:
+        pytest.skip("the compiled splice is not built")
+    f, shared = big[0], big[1]
+    a = Assembler(f)
+    blob = bytearray(encode_page(typical_page(big, seed), f))
+    for at, bit in flips:
+        if at < len(blob):
+            blob[at] ^= 1 << bit
+    for b in (bytes(blob[:cut]) if cut < len(blob) else bytes(blob), bytes(noise)):
+        want = _outcome(lambda: a.blob_json_py(b, "u", "v1", lambda r: shared, region))
+        assert _outcome(lambda: a.blob_json(b, "u", "v1", lambda r: shared, region)) == want
+
+
+def test_compiled_score_format_is_orjsons_rounded():
+    """The compiled splice formats a score with C's correctly rounded ``%.6f`` where that is
+    ``orjson.dumps(round(x, 6))`` (1e-3 <= |x| < 1e9) and hands every other one back."""
+    import random
+    import struct
+
+    from reelrec.compose import page as P
+    if P._splice is None:
+        pytest.skip("the compiled splice is not built")
+    rng = random.Random(7)
+    xs = [0.0, -0.0, 1e-3, -1e-3, 0.0015, 0.0025, 0.0078125, 2.5e-7, 1e9 - 1e-7, -(1e9 - 1e-7), 1e9,
+          float("nan"), float("inf"), 123456.0000005, 0.1 + 0.2]
+    for _ in range(20000):
+        mag = 10 ** rng.uniform(-5, 10)
+        lo = struct.unpack("f", struct.pack("f", rng.uniform(-mag, mag)))[0]
+        hi = struct.unpack("f", struct.pack("f", lo + rng.uniform(0, mag)))[0]
+        xs.append(lo + rng.randint(0, 255) / 255.0 * (hi - lo))
+    fast = 0
+    for x in xs:
+        got = P._splice.format_score(x)
+        if 1e-3 <= abs(x) < 1e9:
+            fast += 1
+            assert got == orjson.dumps(round(x, 6)), x
+        else:
+            assert got is None, x
+    assert fast > 15000

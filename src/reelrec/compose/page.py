@@ -36,6 +36,11 @@ from reelrec.compose.toppicks import SLOT_KINDS
 from reelrec.domain.catalog import KINDS
 from reelrec.errors import FieldError, InvalidInput
 
+try:  # the compiled splice (setup.py); optional: without it, the Python one serves
+    from reelrec.compose import _splice
+except ImportError:
+    _splice = None
+
 VERSION = 1
 SHARED_VERSION = 1
 NONE_NIBBLE = 15
@@ -333,6 +338,13 @@ class Assembler:
         self._item_tails: dict[str | None, _Memo] = {}
         self._header_json = _Memo(self._encode_header, limit=100_000)
         self._stamp_json = _Memo(_encode_stamp, limit=100_000)  # a page's generated_at
+        # the compiled form of ``blob_json_py`` over the same fragment tables (None where the
+        # extension is not built): the serving read's path
+        self._splicer = None if _splice is None else _splice.Splicer(
+            titles_json=self._title_json, header=self._header_json, tails=self._tails,
+            shared_body=self._shared_body, shared_key=shared_key, genres=self.f.title_genres,
+            stamp_json=self._stamp_json, score_slow=_score_json_slow, layout=_SPLICE_LAYOUT,
+            error=lambda message: InvalidInput(FieldError("page", message)))
 
     def _genres_of(self, t: int) -> list[str]:
         g = self._genres.get(t)
@@ -519,7 +531,22 @@ class Assembler:
     def blob_json(self, blob: bytes, user_id: str, model_version: str,
                   shared_for: Callable[[str | None], Mapping[str, SharedShelf]],
                   region: str | None = None) -> bytes:
-        """``json(parse_page(blob), ...)`` in one pass, byte for byte: the serving read's path.
+        """``blob_json_py``, compiled where ``reelrec.compose._splice`` is built (the same
+        bytes for about a fifth of the CPU; docs/benchmarks.md, Serving).
+
+        Raises:
+            InvalidInput: a blob of another format version or a truncated one.
+        """
+        if self._splicer is None:
+            return self.blob_json_py(blob, user_id, model_version, shared_for, region)
+        return self._splicer.blob_json(blob, orjson.dumps(user_id), orjson.dumps(model_version),
+                                       shared_for, region)
+
+    def blob_json_py(self, blob: bytes, user_id: str, model_version: str,
+                     shared_for: Callable[[str | None], Mapping[str, SharedShelf]],
+                     region: str | None = None) -> bytes:
+        """``json(parse_page(blob), ...)`` in one pass, byte for byte: the serving read's path
+        where the compiled splice is not built, and the reference it is tested against.
 
         The blob's fields are read off one integer into tuples and the document is spliced
         from the same fragments as ``json``, with no page, shelf or datetime objects in between.
@@ -647,6 +674,13 @@ _MODE_JSON = [orjson.dumps(m) for m in MODES]
 _ARG_OF = tuple(1 if c in R.GENRE_ARG else 2 if c in R.TITLE_ARG else 0 for c in range(16))
 
 
+# the blob's constants, for the compiled splice (which defines none of its own)
+_SPLICE_LAYOUT = {"version": VERSION, "count_bits": _COUNT_BITS, "none_nibble": NONE_NIBBLE,
+                  "top_picks": TOP_PICKS, "because": BECAUSE, "genre": GENRE, "onboarding": ONBOARDING,
+                  "kind": KIND, "continue": CONTINUE, "shared_types": SHARED_TYPES,
+                  "row_reason": _ROW_REASON, "mode_json": _MODE_JSON, "arg_of": _ARG_OF}
+
+
 def _encode_stamp(ts: int) -> bytes:
     """``generated_at`` of a page written at unix time ``ts``, as the document's JSON string."""
     return orjson.dumps(dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z"))
@@ -670,6 +704,11 @@ def _scores_json(scores: list[float]) -> list[bytes]:
     while "0," in text:  # trailing zeros off, one per pass (a pass is one C scan of ~200 chars)
         text = text.replace("0,", ",")
     return text.replace(".,", ".0,").encode().split(b",")[:-1]
+
+
+def _score_json_slow(x: float) -> bytes:
+    """One score's JSON the way ``_scores_json`` writes it outside its fast path."""
+    return orjson.dumps(round(x, 6))
 
 
 def _ints(values) -> list:

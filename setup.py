@@ -1,0 +1,15 @@
+"""The one compiled module: the serving read's splice (src/reelrec/compose/_splice.pyx).
+
+Everything else is in pyproject.toml. The extension is optional: where it cannot be built (no C
+compiler), reelrec installs without it and serves pages through the Python splice it mirrors
+(``reelrec.compose.page.Assembler.blob_json``), the same bytes at a higher CPU cost.
+"""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+setup(ext_modules=cythonize(
+    [Extension("reelrec.compose._splice", ["src/reelrec/compose/_splice.pyx"],
+               # the scores are computed as the Python reference computes them: no fused multiply-add
+               extra_compile_args=["-O2", "-ffp-contract=off"], optional=True)],
+    compiler_directives={"language_level": "3"}, quiet=True))
