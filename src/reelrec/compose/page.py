@@ -341,8 +341,8 @@ class Assembler:
         # the compiled form of ``blob_json_py`` over the same fragment tables (None where the
         # extension is not built): the serving read's path
         self._splicer = None if _splice is None else _splice.Splicer(
-            titles_json=self._title_json, header=self._header_json, tails=self._tails,
-            shared_body=self._shared_body, shared_key=shared_key, genres=self.f.title_genres,
+            titles_json=self._title_json, n_titles=len(self._ids), header=self._header_json, tails=self._tails,
+            shared_body=self._shared_body, shared_entry=self._shared_titles_body, shared_key=shared_key, genres=self.f.title_genres,
             stamp_json=self._stamp_json, score_slow=_score_json_slow, layout=_SPLICE_LAYOUT,
             error=lambda message: InvalidInput(FieldError("page", message)))
 
@@ -384,6 +384,11 @@ class Assembler:
         if hidden and not hidden.isdisjoint(titles):
             body = b",".join([f for t, f in zip(titles, frags) if t not in hidden])
         return body
+
+    def _shared_titles_body(self, got: SharedShelf, shelf_type: int, region: str | None) -> tuple[list[int], bytes]:
+        """A shared shelf's titles and its items as JSON (for the compiled splice's memo)."""
+        entry = self._shared_entry(got, _SHARED_CODE[shelf_type], region)
+        return entry[2], entry[5]
 
     def _shared(self, got: SharedShelf, code: int, region: str | None) -> tuple[list[int], list[dict]]:
         entry = self._shared_entry(got, code, region)
@@ -531,8 +536,8 @@ class Assembler:
     def blob_json(self, blob: bytes, user_id: str, model_version: str,
                   shared_for: Callable[[str | None], Mapping[str, SharedShelf]],
                   region: str | None = None) -> bytes:
-        """``blob_json_py``, compiled where ``reelrec.compose._splice`` is built (the same
-        bytes for about a fifth of the CPU; docs/benchmarks.md, Serving).
+        """``blob_json_py``, compiled where ``reelrec.compose._splice`` is built (the same bytes
+        at a fraction of the CPU; docs/benchmarks.md, Serving).
 
         Raises:
             InvalidInput: a blob of another format version or a truncated one.
