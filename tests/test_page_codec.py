@@ -297,8 +297,9 @@ def test_compiled_and_python_splice_agree_on_any_blob(big, seed, cut, flips, reg
 
 
 def test_compiled_score_format_is_orjsons_rounded():
-    """The compiled splice formats a score with C's correctly rounded ``%.6f`` where that is
-    ``orjson.dumps(round(x, 6))`` (1e-3 <= |x| < 1e9) and hands every other one back."""
+    """The compiled splice formats a score as ``"%.6f"`` does (correctly rounded, in integers)
+    where that is ``orjson.dumps(round(x, 6))`` (1e-3 <= |x| < 1e9) and hands every other one
+    back."""
     import random
     import struct
 
@@ -322,3 +323,15 @@ def test_compiled_score_format_is_orjsons_rounded():
         else:
             assert got is None, x
     assert fast > 15000
+    # ties at the sixth decimal (odd multiples of 1/128 are x.xxxxxx5 exactly) go to the even
+    # digit, as "%.6f" rounds them; random doubles of every exponent
+    ties = [m / 128 for m in range(1, 20000, 2)] + [-m / 128 for m in range(1, 2000, 2)]
+    ties += [rng.randint(1, 2 ** 40) / 2 ** rng.randint(0, 50) for _ in range(20000)]
+    ties += [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(50000)]
+    checked = 0
+    for x in ties:
+        if 1e-3 <= abs(x) < 1e9:
+            text = ("%.6f" % x).rstrip("0")
+            assert P._splice.format_score(x) == (text + "0" if text.endswith(".") else text).encode(), x
+            checked += 1
+    assert checked > 20000
