@@ -638,6 +638,9 @@ def main() -> None:
         rows("redis-benchmark MGET", f"baseline: redis-benchmark MGET of the homepage's {len(keys)} keys,"
                                      f" same Redis, {C} connections", baseline=True)
         med = {k: statistics.median(x["rps"] for x in v) for k, v in runs.items()}
+
+        def paired(home: list[dict], floor: list[dict]) -> str:
+            return ", ".join(f"{h['rps'] / f['rps']:.0%}" for h, f in zip(home, floor))
         for name in servers:
             share = med[f"{name}: homepage"] / med[f"{name}: floor"]
             cpu = {k: statistics.median(x["cpu_ms"] for x in runs[f"{name}: {k}"])
@@ -646,7 +649,9 @@ def main() -> None:
                      f"{'met' if share >= 0.8 else 'NOT met'}. By the server's CPU per request "
                      f"({cpu['homepage']:.2f} ms against {cpu['floor']:.2f} ms), which the "
                      f"machine's other load does not change, the homepage runs at "
-                     f"{cpu['floor'] / cpu['homepage']:.0%} of the floor's rate.")
+                     f"{cpu['floor'] / cpu['homepage']:.0%} of the floor's rate. Round by round "
+                     f"(each homepage run beside its floor run): "
+                     f"{paired(runs[f'{name}: homepage'], runs[f'{name}: floor'])}.")
         bcpu = statistics.median(x["cpu_ms"] for x in runs["memory: bytes floor"])
         for name in servers:
             hcpu = statistics.median(x["cpu_ms"] for x in runs[f"{name}: homepage"])

@@ -335,3 +335,17 @@ def test_compiled_score_format_is_orjsons_rounded():
             assert P._splice.format_score(x) == (text + "0" if text.endswith(".") else text).encode(), x
             checked += 1
     assert checked > 20000
+
+
+def test_an_assembler_pickles_and_its_copy_splices_the_same(big):
+    """Models travel to Ray workers pickled: the copy builds its own compiled splicer."""
+    import pickle
+
+    from reelrec.compose import page as P
+    f, shared = big[0], big[1]
+    a = Assembler(f)
+    blob = encode_page(typical_page(big, 2), f)
+    want = a.blob_json(blob, "u", "v1", lambda r: shared)
+    b = pickle.loads(pickle.dumps(a))
+    assert (b._splicer is None) == (P._splice is None)
+    assert b.blob_json(blob, "u", "v1", lambda r: shared) == want

@@ -21,6 +21,7 @@ shelves ordered by other rules.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import struct
 from typing import Callable, Mapping
 
@@ -340,11 +341,26 @@ class Assembler:
         self._stamp_json = _Memo(_encode_stamp, limit=100_000)  # a page's generated_at
         # the compiled form of ``blob_json_py`` over the same fragment tables (None where the
         # extension is not built): the serving read's path
-        self._splicer = None if _splice is None else _splice.Splicer(
-            titles_json=self._title_json, n_titles=len(self._ids), header=self._header_json, tails=self._tails,
-            shared_body=self._shared_body, shared_entry=self._shared_titles_body, shared_key=shared_key, genres=self.f.title_genres,
-            stamp_json=self._stamp_json, score_slow=_score_json_slow, layout=_SPLICE_LAYOUT,
+        self._splicer = self._make_splicer()
+
+    def _make_splicer(self):
+        if _splice is None:
+            return None
+        return _splice.Splicer(
+            titles_json=self._title_json, n_titles=len(self._ids), header=self._header_json,
+            tails=self._tails, shared_body=self._shared_body, shared_entry=self._shared_titles_body,
+            shared_key=shared_key, genres=self.f.title_genres, stamp_json=self._stamp_json,
+            score_slow=_score_json_slow, layout=_SPLICE_LAYOUT,
             error=lambda message: InvalidInput(FieldError("page", message)))
+
+    def __getstate__(self) -> dict:
+        """Pickled (a model sent to Ray workers) without the compiled splicer, which holds C
+        buffers; ``__setstate__`` builds a new one."""
+        return {**self.__dict__, "_splicer": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._splicer = self._make_splicer()
 
     def _genres_of(self, t: int) -> list[str]:
         g = self._genres.get(t)
@@ -479,7 +495,7 @@ class Assembler:
         if got is None:
             if len(self._item_tails) >= 256:  # request regions are whatever a client sends
                 self._item_tails.clear()
-            got = self._item_tails[region] = _Memo(lambda packed: self._encode_tail(packed, region),
+            got = self._item_tails[region] = _Memo(functools.partial(self._encode_tail, region=region),
                                                    limit=100_000)
         return got
 
