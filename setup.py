@@ -8,8 +8,11 @@ compiler), reelrec installs without it and serves pages through the Python splic
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-setup(ext_modules=cythonize(
+extensions = cythonize(
     [Extension("reelrec.compose._splice", ["src/reelrec/compose/_splice.pyx"],
                # the scores are computed as the Python reference computes them: no fused multiply-add
-               extra_compile_args=["-O2", "-ffp-contract=off"], optional=True)],
-    compiler_directives={"language_level": "3"}, quiet=True))
+               extra_compile_args=["-O2", "-ffp-contract=off"])],
+    compiler_directives={"language_level": "3"}, quiet=True)
+for ext in extensions:
+    ext.optional = True  # set after cythonize, which does not carry the flag over
+setup(ext_modules=extensions)
