@@ -237,9 +237,9 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
             n_v: int, n_e: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices into the pool (pick order) and their slot kinds.
 
-    Explore slots are an argmax over the bandit's draws (numpy, a few steps); novel and exploit
-    slots are scans down the score-sorted pool that stop once the page is full, testing each title
-    with integer bitmasks (on ~300-title pools, several times faster than numpy steps per slot).
+    Explore slots go to the best of the bandit's draws (``_explore``); novel and exploit slots are
+    scans down the score-sorted pool that stop once the page is full, testing each title with
+    integer bitmasks (on ~300-title pools, several times faster than numpy steps per slot).
     """
     size = len(pool)
     ts, kinds = pool.t.tolist(), pool.kind.tolist()
@@ -280,21 +280,7 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
 
     qv, hv = q.tolist(), hi.tolist()
     if n_e:
-        words = pool.gw.shape[1]
-        used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
-        open_ = pool.explore_ok.copy()  # explore titles not yet picked (explore slots are filled first)
-        for _ in range(min(n_e, n)):
-            a = open_ & (np.asarray(kc) < q)[pool.kind]
-            if full:
-                fw = np.array([(full >> (64 * w)) & (2**64 - 1) for w in range(words)], np.uint64)
-                a &= ~((pool.gw & fw).any(axis=1))
-            if not a.any():
-                break
-            # a draw per cluster; a used cluster drops below every unused one; ties: the better score
-            i = int(np.argmax(np.where(a, pool.theta - 2.0 * used[pool.cluster], -np.inf)))
-            used[pool.cluster[i]] = True
-            open_[i] = False
-            take(i, EXPLORE)
+        _explore(pool, ts, kinds, gbits, picked, kc, qv, lambda: full, min(n_e, n), take)
     if n_v:
         scan(qv, True, pool.novel.tolist(), min(n_v, n - len(order)), NOVEL)
     # exploit, then relax in reverse precedence: the genre cap before the kind range
@@ -303,6 +289,45 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
             break
         scan(quota, genre, None, n - len(order), EXPLOIT)
     return np.asarray(order, np.int64), np.asarray(slots, np.uint8)
+
+
+def _explore(pool: Pool, ts: list[int], kinds: list[int], gbits: list[int], picked: list[bool], kc: list[int],
+             quota: list[int], full, want: int, take) -> None:
+    """Fill up to ``want`` explore slots (``_greedy``'s first step, its state passed in; ``full()``
+    reads its capped-genre bits): each slot takes the open explore title, within its kind's quota
+    and the genre cap, of the highest draw among the clusters not used yet, else the highest
+    draw overall. Ties go to the better score (the lower pool index).
+
+    This is ``argmax(where(ok, theta - 2 * used[cluster], -inf))`` per slot (``theta`` is in
+    [0, 1], so a used cluster ranks below every unused one) as one walk down the explore titles
+    in draw order instead of five numpy steps over the pool per slot (``_greedy`` 99 -> 82 us a
+    page). Among used clusters the walk compares ``theta - 2.0`` as the array did, rounding
+    included.
+    """
+    eo = np.flatnonzero(pool.explore_ok)
+    walk = eo[np.argsort(-pool.theta[eo], kind="stable")].tolist()  # draw order, then pool order
+    theta, cluster = pool.theta.tolist(), pool.cluster.tolist()
+    used: set[int] = set()
+    for _ in range(want):
+        cap_bits = full()
+        best, low = -1, 0.0
+        for i in walk:
+            if picked[i] or kc[kinds[i]] >= quota[kinds[i]] or gbits[ts[i]] & cap_bits:
+                continue
+            if cluster[i] not in used:
+                best = i
+                break
+            v = theta[i] - 2.0
+            if best < 0:
+                best, low = i, v
+            elif v < low:
+                pass  # past the used clusters' ties: keep walking for an unused cluster
+            elif i < best:
+                best = i
+        if best < 0:
+            return
+        used.add(cluster[best])
+        take(best, EXPLORE)
 
 
 def _exact(pool: Pool, n: int, lo, hi, cap: int, n_v: int, n_e: int, time_limit: float
