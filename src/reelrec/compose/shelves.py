@@ -236,7 +236,7 @@ def compose_page(features: CatalogFeatures, profile: UserProfile, candidates: Ca
     for g in genres:
         if len(genre_shelves) >= (cfg.genre_rows if stype == GENRE else cfg.onboarding_max):
             break
-        pref = np.concatenate([ranked[features.genre_multi_hot[ranked, g]], features.top_of_genre(g, 4 * L)])
+        pref = np.concatenate([ranked[features.genre_column(g)[ranked]], features.top_of_genre(g, 4 * L)])
         got = row(pref, exempt=g)
         if len(got):
             genre_shelves.append(Shelf(stype, got, arg=g, reason=why, reason_arg=g))

@@ -136,17 +136,17 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
     t, s, src, anc = t[ok], s[ok], src[ok], anc[ok]
 
     dom_words = _words(dominant_genres(profile, cfg), features.n_genres)
+    parts = _title_parts(features, t, dom_words)  # the pool's per-title features, gathered once
     extra = []
     shares = kind_shares(profile.kind_affinity, cfg)
-    have = np.bincount(features.kind[t], minlength=3)
+    have = np.bincount(parts[0], minlength=3)
     need = np.ceil(shares * n_page).astype(int) + 1
     for k in np.flatnonzero(have < need):
         extra.append(features.top_of_kind(int(k), cfg.backfill_per_kind))
     n_e = cfg.explore_slots(n_page)
     if n_e and cfg.explore_pool:
-        outside = ~((features.genre_words[t] & dom_words).any(axis=1))
         # enough distinct explore clusters in the ranked pool: no backfill needed
-        if np.count_nonzero(np.bincount(features.cluster[t[outside]])) < n_e + 2:
+        if np.count_nonzero(np.bincount(parts[2][parts[3]])) < n_e + 2:
             for c in np.argsort(-theta_by_cluster)[: n_e + 3]:
                 extra.append(features.top_of_cluster(int(c), cfg.explore_pool))
     if extra:
@@ -157,7 +157,17 @@ def build_pool(features: CatalogFeatures, profile: UserProfile, cands: Candidate
         e = e[~marks.among(e, t)]
         if len(e):
             t, s, src, anc = _append_popular(t, s, src, anc, e)
-    return _make_pool(features, marks, t, s, src, anc, dom_words, theta_by_cluster)
+            parts = tuple(np.concatenate([a, b]) for a, b in zip(parts, _title_parts(features, e, dom_words)))
+    return _make_pool(features, marks, t, s, src, anc, dom_words, theta_by_cluster, parts)
+
+
+def _title_parts(features: CatalogFeatures, t: np.ndarray, dom_words: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Kind (int64), genre words, cluster and "outside the dominant genres" of titles ``t``: what
+    the pool keeps per title. ``build_pool`` reads them to decide on backfill and hands them to
+    the pool, instead of gathering them from the catalog's arrays twice (at 100 K titles a gather
+    costs a cache line per title)."""
+    gw = features.genre_words[t]
+    return features.kind[t].astype(np.int64), gw, features.cluster[t], ~((gw & dom_words).any(axis=1))
 
 
 def _append_popular(t, s, src, anc, e: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -170,13 +180,12 @@ def _append_popular(t, s, src, anc, e: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def _make_pool(features: CatalogFeatures, marks: Marks, t, s, src, anc, dom_words: np.ndarray,
-               theta_by_cluster: np.ndarray) -> Pool:
-    """The Pool of titles ``t`` with their scores, sources and anchors: per-title features."""
-    gw = features.genre_words[t]
-    cl = features.cluster[t]
-    return Pool(t=t, score=s, src=src, anchor=anc, kind=features.kind[t].astype(np.int64), gw=gw,
-                novel=marks.novel(t), explore_ok=~((gw & dom_words).any(axis=1)), theta=theta_by_cluster[cl],
-                cluster=cl, catalog_mh=features.genre_multi_hot)
+               theta_by_cluster: np.ndarray, parts: tuple[np.ndarray, ...] | None = None) -> Pool:
+    """The Pool of titles ``t`` with their scores, sources and anchors: per-title features
+    (``parts``: ``_title_parts`` of ``t`` when the caller has them)."""
+    kind, gw, cl, outside = _title_parts(features, t, dom_words) if parts is None else parts
+    return Pool(t=t, score=s, src=src, anchor=anc, kind=kind, gw=gw, novel=marks.novel(t), explore_ok=outside,
+                theta=theta_by_cluster[cl], cluster=cl, catalog_mh=features.genre_multi_hot)
 
 
 def _words(genres: np.ndarray, n_genres: int) -> np.ndarray:
@@ -237,9 +246,9 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
             n_v: int, n_e: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices into the pool (pick order) and their slot kinds.
 
-    Explore slots are an argmax over the bandit's draws (numpy, a few steps); novel and exploit
-    slots are scans down the score-sorted pool that stop once the page is full, testing each title
-    with integer bitmasks (on ~300-title pools, several times faster than numpy steps per slot).
+    Explore slots go to the best of the bandit's draws (``_explore``); novel and exploit slots are
+    scans down the score-sorted pool that stop once the page is full, testing each title with
+    integer bitmasks (on ~300-title pools, several times faster than numpy steps per slot).
     """
     size = len(pool)
     ts, kinds = pool.t.tolist(), pool.kind.tolist()
@@ -280,21 +289,7 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
 
     qv, hv = q.tolist(), hi.tolist()
     if n_e:
-        words = pool.gw.shape[1]
-        used = np.zeros(int(pool.cluster.max()) + 1 if size else 1, bool)
-        open_ = pool.explore_ok.copy()  # explore titles not yet picked (explore slots are filled first)
-        for _ in range(min(n_e, n)):
-            a = open_ & (np.asarray(kc) < q)[pool.kind]
-            if full:
-                fw = np.array([(full >> (64 * w)) & (2**64 - 1) for w in range(words)], np.uint64)
-                a &= ~((pool.gw & fw).any(axis=1))
-            if not a.any():
-                break
-            # a draw per cluster; a used cluster drops below every unused one; ties: the better score
-            i = int(np.argmax(np.where(a, pool.theta - 2.0 * used[pool.cluster], -np.inf)))
-            used[pool.cluster[i]] = True
-            open_[i] = False
-            take(i, EXPLORE)
+        _explore(pool, ts, kinds, gbits, picked, kc, qv, lambda: full, min(n_e, n), take)
     if n_v:
         scan(qv, True, pool.novel.tolist(), min(n_v, n - len(order)), NOVEL)
     # exploit, then relax in reverse precedence: the genre cap before the kind range
@@ -303,6 +298,45 @@ def _greedy(pool: Pool, features: CatalogFeatures, n: int, q: np.ndarray, hi: np
             break
         scan(quota, genre, None, n - len(order), EXPLOIT)
     return np.asarray(order, np.int64), np.asarray(slots, np.uint8)
+
+
+def _explore(pool: Pool, ts: list[int], kinds: list[int], gbits: list[int], picked: list[bool], kc: list[int],
+             quota: list[int], full, want: int, take) -> None:
+    """Fill up to ``want`` explore slots (``_greedy``'s first step, its state passed in; ``full()``
+    reads its capped-genre bits): each slot takes the open explore title, within its kind's quota
+    and the genre cap, of the highest draw among the clusters not used yet, else the highest
+    draw overall. Ties go to the better score (the lower pool index).
+
+    This is ``argmax(where(ok, theta - 2 * used[cluster], -inf))`` per slot (``theta`` is in
+    [0, 1], so a used cluster ranks below every unused one) as one walk down the explore titles
+    in draw order instead of five numpy steps over the pool per slot (``_greedy`` 99 -> 82 us a
+    page). Among used clusters the walk compares ``theta - 2.0`` as the array did, rounding
+    included.
+    """
+    eo = np.flatnonzero(pool.explore_ok)
+    walk = eo[np.argsort(-pool.theta[eo], kind="stable")].tolist()  # draw order, then pool order
+    theta, cluster = pool.theta.tolist(), pool.cluster.tolist()
+    used: set[int] = set()
+    for _ in range(want):
+        cap_bits = full()
+        best, low = -1, 0.0
+        for i in walk:
+            if picked[i] or kc[kinds[i]] >= quota[kinds[i]] or gbits[ts[i]] & cap_bits:
+                continue
+            if cluster[i] not in used:
+                best = i
+                break
+            v = theta[i] - 2.0
+            if best < 0:
+                best, low = i, v
+            elif v < low:
+                pass  # past the used clusters' ties: keep walking for an unused cluster
+            elif i < best:
+                best = i
+        if best < 0:
+            return
+        used.add(cluster[best])
+        take(best, EXPLORE)
 
 
 def _exact(pool: Pool, n: int, lo, hi, cap: int, n_v: int, n_e: int, time_limit: float
