@@ -642,9 +642,9 @@ def main() -> None:
         # The verdict pairs each homepage run with the floor run taken right after it in the
         # same round, and takes the median of those ratios. A ratio of the two medians can pair
         # a homepage run of a slow minute with a floor run of a fast one: on this shared VM the
-        # same route's CPU a request moves by up to 1.7x between runs a minute apart, and that
-        # statistic ranged 68-97 % over four runs of the same code where the paired one stayed
-        # at 83-100 % (docs/benchmarks.md, Serving). Both are reported.
+        # same route's CPU a request moves by up to 1.7x between runs a minute apart, and over
+        # the five runs of docs/benchmarks.md ("The splice compiled") that statistic ranged
+        # 68-97 % on the memory cache where the paired one stayed at 83-100 %. Both are reported.
         for name in servers:
             home, floor = runs[f"{name}: homepage"], runs[f"{name}: floor"]
             pairs = [h["rps"] / f["rps"] for h, f in zip(home, floor)]

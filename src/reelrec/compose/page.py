@@ -733,7 +733,7 @@ def _scores_json(scores: list[float]) -> list[bytes]:
     # every |x| in [1e-3, 1e9) when the extremes are on one side of zero and inside it (a NaN
     # anywhere makes the sum NaN)
     if total != total or not (1e-3 <= lo and hi < 1e9 or -1e9 < lo and hi <= -1e-3):
-        return orjson.dumps([round(x, 6) for x in scores])[1:-1].split(b",")
+        return [_score_json_slow(x) for x in scores]
     text = ("%.6f," * len(scores)) % tuple(scores)
     while "0," in text:  # trailing zeros off, one per pass (a pass is one C scan of ~200 chars)
         text = text.replace("0,", ",")
@@ -741,7 +741,7 @@ def _scores_json(scores: list[float]) -> list[bytes]:
 
 
 def _score_json_slow(x: float) -> bytes:
-    """One score's JSON the way ``_scores_json`` writes it outside its fast path."""
+    """One score's JSON outside ``_scores_json``'s fast path (also the compiled splice's)."""
     return orjson.dumps(round(x, 6))
 
 
