@@ -127,3 +127,63 @@ def test_recompute_scores_for_the_session_in_progress(tiny_world, monkeypatch):
     row = users.index(known)
     np.testing.assert_allclose(st.context[row], pipe.users.context[0])
     assert not st.context[1 - row].any()  # no training row: no habits
+
+
+def test_pages_for_a_request_are_scored_for_it_and_written_nowhere(tiny_world, monkeypatch):
+    """``SpeedLayer.pages`` with a request (what ``reelrec homepage --device --hour`` reads):
+    the ranker sees that device and hour for every user of the batch, a cold-start page gets
+    them as its priors, and the cache is not touched."""
+    from reelrec.homepage import ServingModel
+    from reelrec.speed.layer import SpeedLayer
+    from reelrec.storage.cache import open_cache, page_key
+    from reelrec.storage.state import open_state
+    seen, composed = [], []
+    real_cands, real_compose = ServingModel.candidates_for_state, ServingModel.compose
+
+    def spy_cands(self, state, k=150):
+        seen.append(state)
+        return real_cands(self, state, k)
+
+    def spy_compose(self, profile, candidates, **kw):
+        composed.append(profile)
+        return real_compose(self, profile, candidates, **kw)
+
+    monkeypatch.setattr(ServingModel, "candidates_for_state", spy_cands)
+    monkeypatch.setattr(ServingModel, "compose", spy_compose)
+    with open_cache("memory://") as cache, open_state("memory://") as state, \
+            open_cache(tiny_world.cache) as src:
+        version = src.current_version()
+        cache.put({"s:probe": b"x"}, version=version)
+        cache.publish(version)
+        layer = SpeedLayer(tiny_world, cache, state)
+        known = [str(u) for u in layer.model().pipeline.user_ids[:2]]
+        pages = layer.pages(known + ["u-nobody"], request=("tablet", 7), region="JP")
+        assert cache.get_many([page_key(u) for u in known + ["u-nobody"]]).values == [None, None, None]
+    st = seen[-1]
+    assert list(st.req_device) == [2, 2] and list(st.req_hour) == [7.0, 7.0]
+    assert [p.device for p in composed] == ["tablet"] * 3 and [p.hour for p in composed] == [7] * 3
+    assert {p.region for p in composed} == {"JP"}
+    assert [pages[u].mode for u in known] == ["personal", "personal"]
+    assert pages["u-nobody"].mode == "cold_start"
+
+
+def test_homepage_cli_composes_for_a_request_and_names_a_bad_device(tiny_world):
+    import json
+    from typer.testing import CliRunner
+    from reelrec.cli import app
+    from reelrec.speed.layer import SpeedLayer
+    from reelrec.storage.cache import open_cache
+    from reelrec.storage.state import open_state
+    with open_cache(tiny_world.cache) as c, open_state("memory://") as st:
+        user = str(SpeedLayer(tiny_world, c, st).model().pipeline.user_ids[0])
+    runner = CliRunner()
+    data = ["--data", str(tiny_world.data_dir)]
+    r = runner.invoke(app, ["homepage", user, *data, "--device", "fridge"])
+    assert r.exit_code == 2 and "device: must be one of tv, mobile, tablet, web" in r.output
+    r = runner.invoke(app, ["homepage", user, *data, "--device", "Mobile", "--hour", "23"])
+    assert r.exit_code == 0, r.output
+    assert "composed now for mobile at 23:00" in r.output and f"{user}  mode=personal" in r.output
+    r = runner.invoke(app, ["homepage", user, *data, "--hour", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["user_id"] == user and doc["mode"] == "personal" and doc["shelves"][0]["id"] == "top-picks"

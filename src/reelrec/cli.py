@@ -549,16 +549,46 @@ def precompute(data: Optional[Path] = DataOpt,
 def homepage(user_id: str = typer.Argument(...), data: Optional[Path] = DataOpt,
              cache: Optional[str] = typer.Option(None, help="cache URL (default: memory snapshot in DIR)"),
              region: Optional[str] = typer.Option(None, help="request region (default: the user's)"),
-             device: Optional[str] = typer.Option(None), hour: Optional[int] = typer.Option(None, min=0, max=23),
+             device: Optional[str] = typer.Option(
+                 None, help="the request's device (tv, mobile, tablet, web): the page is composed now "
+                            "for it (default: the cached page)"),
+             hour: Optional[int] = typer.Option(
+                 None, min=0, max=23,
+                 help="the request's local hour: the page is composed now for it (default: the cached page)"),
              as_json: bool = typer.Option(False, "--json", help="the API's JSON document")):
-    """Print a user's homepage as a person would read it, or as the API's JSON."""
+    """Print a user's homepage as a person would read it, or as the API's JSON.
+
+    Without --device and --hour this is the cached page, composed for the user's own latest
+    session. With either, the page is composed now for that request (the speed layer's code,
+    the user's training row plus their online events) and nothing is written."""
     from reelrec.homepage import HomepageReader
     from reelrec.storage.cache import open_cache
+    from reelrec.domain.users import DEVICES
+    from reelrec.errors import FieldError
+    if device is not None:
+        if device.lower() not in DEVICES:
+            fail(InvalidInput(FieldError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")))
+        device = device.lower()
     s = settings_for(data)
     region = region or _user_region(s, user_id)
     try:
         with open_cache(cache or s.cache) as c:
-            doc = HomepageReader(s, c).read(user_id, region=region, device=device, hour=hour)
+            reader = HomepageReader(s, c)
+            if device is None and hour is None:
+                doc = reader.read(user_id, region=region)
+            else:
+                from reelrec.speed.layer import SpeedLayer
+                from reelrec.storage.state import open_state
+                with open_state(s.state_url) as st:
+                    layer = SpeedLayer(s, c, st, reader=reader)
+                    model = layer.model()
+                    page = layer.pages([user_id], model, request=(device, hour),
+                                       region=region)[user_id]
+                    doc = model.document(page)
+                if not as_json:
+                    console.print(f"composed now for {device or 'any device'}"
+                                  f"{f' at {hour:02d}:00' if hour is not None else ''}"
+                                  f"{f' in {region}' if region else ''}; not the cached page")
     except ReelrecError as exc:
         fail(exc)
     if as_json:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +39,7 @@ from reelrec.domain.catalog import Catalog
 from reelrec.domain.events import EVENT_SCHEMA, parse_ts
 from reelrec.domain.matrix import index_of, seconds
 from reelrec.domain.signals import fold_interactions
-from reelrec.domain.users import first_event_context, load_users
+from reelrec.domain.users import RequestContext, first_event_context, load_users
 from reelrec.errors import NotFound
 from reelrec.homepage import HomepageReader, ServingModel, profiles_from_interactions
 from reelrec.log import get_logger
@@ -381,7 +381,26 @@ class SpeedLayer:
     def recompute(self, users: list[str], model: ServingModel | None = None,
                   base: BaseHistory | None = None, bandit: ThompsonBandit | None = None,
                   fields: dict[str, dict[str, str]] | None = None) -> None:
-        """Rebuild and cache the pages of ``users`` from their training row plus their online log.
+        """Rebuild and cache the pages of ``users`` from their training row plus their online log."""
+        model = model or self.model()
+        pages = self.pages(users, model, base, bandit, fields)
+        self.cache.put({page_key(u): model.encode(p) for u, p in pages.items()}, version=model.version)
+        log.debug("pages recomputed", users=len(users), version=model.version)
+
+    def pages(self, users: list[str], model: ServingModel | None = None,
+              base: BaseHistory | None = None, bandit: ThompsonBandit | None = None,
+              fields: dict[str, dict[str, str]] | None = None,
+              request: tuple[str | None, int | None] | None = None,
+              region: str | None = None) -> dict:
+        """The pages of ``users`` (user id -> ``Page``) composed now from their training row plus
+        their online log, written nowhere.
+
+        Without ``request`` each page is scored for the session in progress (the device and
+        local hour of the user's latest logged event), as the cached pages are. ``request``
+        (device, local hour; either may be None) scores every page of the batch for that
+        request instead, and reaches cold-start pages as their device and hour priors;
+        ``region`` stands for every user's region. ``reelrec homepage --device --hour`` reads
+        pages this way: a cached page was composed for the user's own latest session.
 
         Everything runs on the whole batch of users at once: one fold of the online logs, one
         fold-in call, one candidates + ranker pass; only composition is per user."""
@@ -402,7 +421,7 @@ class SpeedLayer:
             shown.append(pa.table({"user_id": [u for u, _ in exposure], "title_id": [t for _, t in exposure]},
                                   schema=shown[0].schema))
         impressions = pa.concat_tables(shown)
-        regions = {u: (fields[u].get("region") or base.meta(u).get("region")) for u in users}
+        regions = {u: (region or fields[u].get("region") or base.meta(u).get("region")) for u in users}
         meta = []
         for u in users:
             onboarding = fields[u].get("onboarding") or base.meta(u).get("onboarding_genres")
@@ -447,10 +466,13 @@ class SpeedLayer:
                 vectors = fold_in(pipe.art.item_factors, pos[personal], pipe.art.als)
                 # the session in progress (the user's latest logged event) is the request the
                 # page is recomputed for; the habits are those of the training window
-                request = first_event_context(online, [users[i] for i in personal],
+                if request is None:
+                    req = first_event_context(online, [users[i] for i in personal],
                                               [regions[users[i]] for i in personal], last=True)
+                else:
+                    req = RequestContext.of(request[0], request[1], len(personal))
                 st = pipe.state_from_history(pos[personal], ts[personal], exclude[personal],
-                                             vector=vectors, request=request)
+                                             vector=vectors, request=req)
                 st.region = pipe.art.stats.region_index([regions[users[i]] for i in personal])
                 rows = known[personal]
                 for name in ("device", "hour", "context"):
@@ -462,13 +484,13 @@ class SpeedLayer:
                 st.filled(len(pipe.art.stats.genre_names))
                 for i, c in zip(personal, model.candidates_for_state(st)):
                     cands[int(i)] = c
-        items = {}
+        out = {}
         for i, u in enumerate(users):
-            page = model.compose(profiles.get(u, regions[u]), cands.get(i), bandit=bandit,
-                                 rng=self.rng)
-            items[page_key(u)] = model.encode(page)
-        self.cache.put(items, version=model.version)
-        log.debug("pages recomputed", users=len(users), personal=len(cands), version=model.version)
+            profile = profiles.get(u, regions[u])
+            if request is not None:
+                profile = replace(profile, device=request[0], hour=request[1])
+            out[u] = model.compose(profile, cands.get(i), bandit=bandit, rng=self.rng)
+        return out
 
 
 def _counted(e: dict) -> bool:
