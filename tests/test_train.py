@@ -66,6 +66,52 @@ def test_fold_in_matches_implicit_recalculate_user():
     np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
 
 
+def test_an_als_blend_scores_the_sum_of_its_members_and_folds_in_member_by_member():
+    """An ``ALSBlend``'s vectors: the dot product is each member's score over the RMS of its
+    scores, summed; ``fold_in`` gives a training user back their blended vector (each member's
+    columns folded with its own settings and scaled as the fit scaled them)."""
+    from reelrec.recall.als import ALSBlend, score_rms
+    rng = np.random.default_rng(3)
+    m = sp.random(40, 25, density=0.3, random_state=4, format="csr", dtype=np.float32)
+    m.data = rng.uniform(1, 5, m.nnz).astype(np.float32)
+    members = (ALSParams(factors=6, regularization=0.3, alpha=2.0, iterations=8),
+               ALSParams(factors=4, regularization=3.0, alpha=0.5, iterations=8))
+    parts = [fit_als(m, p) for p in members]
+    got = fit_als(m, ALSBlend(members))
+    assert got.user_factors.shape == (40, 10) and got.item_factors.shape == (25, 10)
+    assert got.params.members == members
+    want = sum(p.scores(np.arange(40)) / score_rms(p.user_factors, p.item_factors) for p in parts)
+    np.testing.assert_allclose(got.scores(np.arange(40)), want, rtol=1e-4, atol=1e-5)
+    full = np.concatenate([(p.user_factors @ p.item_factors.T).ravel() for p in parts[:1]])
+    assert score_rms(parts[0].user_factors, parts[0].item_factors) == pytest.approx(np.sqrt((full ** 2).mean()), rel=1e-5)
+    # the fold-in of a training user lands on their trained vector, member by member (fits run
+    # to convergence, so the trained vector is the exact solve of the final item vectors)
+    conv = fit_als(m, ALSBlend(tuple(ALSParams(**{**p.as_dict(), "iterations": 200}) for p in members)))
+    folded = fold_in(conv.item_factors, m[[5, 11]], conv.params)
+    np.testing.assert_allclose(folded, conv.user_factors[[5, 11]], rtol=1e-3, atol=1e-3)
+    assert ALSBlend.from_dict(json.loads(json.dumps(got.params.as_dict()))) == got.params
+    with pytest.raises(InvalidInput, match="als"):
+        fold_in(got.item_factors[:, :8], m[[5]], got.params)
+
+
+def test_a_tuned_version_blends_its_best_settings_and_serves_them_after_a_reload(tmp_path):
+    s = _settings(tmp_path)
+    grid = {"regularization": (0.3, 3.0), "alpha": (0.5, 2.0)}
+    res = train(s, small_config(tune=True, als_grid=grid, als_members=3))
+    chosen = res.manifest["params"]["als"]
+    assert len(chosen["members"]) == 3 and len(chosen["scales"]) == 3
+    trials = sorted(res.manifest["tuning"]["als"], key=lambda t: -t["ndcg@10"])
+    assert {(t["regularization"], t["alpha"]) for t in trials[:3]} == \
+        {(p["regularization"], p["alpha"]) for p in chosen["members"]}
+    pipe = load_model(s)
+    assert pipe.art.item_factors.shape[1] == 3 * 8 and pipe.art.als.as_dict() == chosen
+    # the speed layer's fold-in of a training user's row: about their trained vector
+    row = pipe.users.positives[[0]]
+    np.testing.assert_allclose(pipe.fold_in(row), pipe.users.vectors[0], rtol=0.1, atol=0.05)
+    one = train(s, small_config(tune=True, als_grid=grid, als_members=1), publish=False)
+    assert "members" not in one.manifest["params"]["als"]
+
+
 def test_content_vectors_mean_of_titles_sharing_attributes():
     f = np.array([[1, 0], [3, 0], [0, 2], [0, 0], [0, 0]], dtype=np.float32)
     trained = np.array([True, True, True, False, False])

@@ -8,7 +8,8 @@ the row it keeps online, after ``fold_in``).
 
 ``fit_pipeline`` learns everything from a ``TrainData``: it splits the training data into a
 feature window and later labels (``reelrec.rank.ranker.label_window``), fits stage 1 on the
-feature window (tuning ALS and EASE against the labels), trains the LambdaRank ranker on the
+feature window (tuning ALS and EASE against the labels; ALS is a blend of its best few settings,
+``recall.als.ALSBlend``), trains the LambdaRank ranker on the
 candidates' features, then refits stage 1 on all the training data for serving.
 
 Two ``Recommender``s for the evaluation harness live here: ``RankerRecommender``
@@ -19,6 +20,7 @@ baseline and reelrec's ALS are the same code.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -35,8 +37,9 @@ from reelrec.log import get_logger
 from reelrec.rank.features import build_features, feature_names
 from reelrec.rank.ranker import (RankData, RankerParams, Window, aligned_ts, label_window, select_ranker,
                                  train_ranker)
-from reelrec.recall.als import (DEFAULT_GRID, ALSParams, content_vectors, fit_als, grid_size, ndcg_at_k,
-                                recommend_als, topk_excluding, tune_als, _grid)
+from reelrec.recall.als import (BLEND_GRID, DEFAULT_GRID, ALSModel, ALSParams, als_params_from_dict, blend,
+                                content_vectors, fit_als, grid_size, ndcg_at_k, recommend_als, topk_excluding,
+                                tune_als, _grid)
 from reelrec.recall.ann import ANNConfig, ANNIndex
 from reelrec.recall.candidates import (DEFAULT_QUOTAS, Artifacts, Candidates, UserState, dense_scores,
                                        merge, run_sources)
@@ -53,7 +56,10 @@ UTC = dt.timezone.utc
 class PipelineConfig:
     als: ALSParams = field(default_factory=ALSParams)
     tune: bool = True
-    als_grid: dict = field(default_factory=lambda: dict(DEFAULT_GRID))
+    als_grid: dict = field(default_factory=lambda: dict(BLEND_GRID))
+    # stage 1's ALS is a blend of the best ``als_members`` settings of the tuning (recall.als.ALSBlend);
+    # 1: the single best setting. Each member widens the title vectors by its factors
+    als_members: int = 4
     ease_lambdas: tuple[float, ...] = (500.0, 250.0, 1000.0)  # the first is used untuned
     ease_max_titles: int = 5_000  # dense inverse; EASE_MAX_TITLES is the hard limit
     quotas: dict = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
@@ -205,7 +211,7 @@ def fit_stage1(positives: sp.csr_matrix, ts: sp.csr_matrix, negatives: sp.csr_ma
     for name, params in cfg.item_item.items():
         with progress.step(name):
             item_item[name] = build_item_item(name, positives, params, ts)
-    art = Artifacts(np.asarray(catalog.ids, dtype=object), vectors, ~trained, als_params, index, cov, stats,
+    art = Artifacts(np.asarray(catalog.ids, dtype=object), vectors, ~trained, als_model.params, index, cov, stats,
                     b, ref.timestamp(), item_item)
     with progress.step("user context"):
         ctx = user_context(events, user_ids, stats.genre_names, ref, regions)
@@ -429,19 +435,24 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
         report["label_window"].update(session=True, window_labels=int(w.all_labels.nnz))
 
     # tune ALS and EASE against the window's labels
-    als_params, trials, best_model = cfg.als, [], None
+    trials = []
     grid = cfg.als_grid if cfg.tune else {}
     combos = list(_grid(cfg.als, grid)) if grid else [cfg.als]
+    keep = max(1, cfg.als_members)
+    top: list[tuple[float, int, ALSModel]] = []  # the best ``keep`` fits so far, best first
     with progress.step("als tuning", len(combos)) as adv:
-        best = -1.0
-        for p in combos:
+        for i, p in enumerate(combos):
             model = fit_als(w.matrix.positives, p)
             score = _ndcg_dense(model.scores, wx, labels) if labels.nnz else 0.0
             trials.append({**p.as_dict(), "ndcg@10": round(score, 5)})
-            if score > best:
-                best, als_params, best_model = score, p, model
+            top = sorted([*top, (score, i, model)], key=lambda t: (-t[0], t[1]))[:keep]
             adv(1)
-    report["als"] = {"chosen": als_params.as_dict(), "trials": trials, "window_ndcg@10": round(best, 5)}
+    best = top[0][0]
+    best_model = blend(w.matrix.positives, [m for _, _, m in top])
+    als_params = best_model.params
+    report["als"] = {"chosen": als_params.as_dict(), "trials": trials, "best_ndcg@10": round(best, 5),
+                     "window_ndcg@10": round(best if len(top) == 1 else
+                                             _ndcg_dense(best_model.scores, wx, labels) if labels.nnz else 0.0, 5)}
 
     ease_lambda = None
     if m.shape[1] <= min(cfg.ease_max_titles, EASE_MAX_TITLES) and cfg.ease_lambdas:
@@ -517,6 +528,7 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
     ref = data.cutoff or dt.datetime.fromtimestamp(float(t.max()) + 1.0, tz=UTC)
     s_full = fit_stage1(m.positives, ts, m.negatives, m.finished, data.events, data.catalog, m.user_ids,
                         data.users, ref, cfg, als_params, ease_lambda, progress)
+    report["als"]["chosen"] = s_full.art.als.as_dict()  # a blend's scales are those of this fit
     report["data"] = {"start": dt.datetime.fromtimestamp(float(t.min()), tz=UTC).isoformat(),
                       "end": dt.datetime.fromtimestamp(float(t.max()), tz=UTC).isoformat(),
                       "events": int(data.events.num_rows)}
@@ -643,6 +655,7 @@ def save_pipeline(pipe: Pipeline, folder) -> None:
     arrays: dict[str, np.ndarray] = {
         "title_ids": np.asarray(a.title_ids, dtype=str), "item_factors": a.item_factors,
         "content": a.content, "ref_s": np.array(a.ref_s),
+        "als": np.array(json.dumps(a.als.as_dict())),  # what the speed layer's fold-in needs
     }
     for k, v in a.stats.arrays().items():
         arrays[f"stats.{k}"] = v
@@ -688,8 +701,10 @@ def load_pipeline(folder, config: dict) -> Pipeline:
     eb = np.load(folder / "ease.npy", allow_pickle=False) if (folder / "ease.npy").exists() else None
     item_item = {p.name[len("item_item."):-len(".npz")]: sp.load_npz(p).tocsr()
                  for p in sorted(folder.glob("item_item.*.npz"))}
+    # a version saved before the ALS settings were stored folds in with the configured ones
+    als = als_params_from_dict(json.loads(str(arrays["als"]))) if "als" in arrays else cfg.als
     art = Artifacts(arrays["title_ids"].astype(object), arrays["item_factors"], arrays["content"].astype(bool),
-                    cfg.als, ANNIndex.load(folder / "ann.faiss", cfg.ann, arrays["item_factors"]), cov, stats, eb,
+                    als, ANNIndex.load(folder / "ann.faiss", cfg.ann, arrays["item_factors"]), cov, stats, eb,
                     float(arrays["ref_s"]), item_item)
     users = user_ids = None
     if "user_ids" in arrays:

@@ -8,6 +8,14 @@ interactions get a content vector (``content_vectors``) so new releases are retr
 The fit is the ``implicit`` library's; confidence is ``alpha * weight`` of the signal weighting.
 ``tune_als`` picks regularisation, alpha and iterations on a held-out slice of each user's
 positives with a small grid.
+
+``ALSBlend`` is several fits of one matrix with different settings, their vectors side by side:
+a user vector is each member's user vector over the RMS of that member's scores, so the blend's
+dot product is the sum of the members' scores on a common scale, and the ANN index, the content
+vectors and the fold-in treat it as one embedding of ``sum(factors)`` dimensions. The pipeline
+blends the best few settings of its tuning: the setting a holdout picks is tuned for less data
+than the final fit sees, and on MovieLens-100K the best setting moves with the amount of data
+(docs/evaluation.md, "The ALS blend"); a blend of the good ones holds up where one choice does not.
 """
 
 from __future__ import annotations
@@ -39,11 +47,41 @@ class ALSParams:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ALSBlend:
+    """ALS fits side by side (see the module docstring): each member's settings and the scale
+    its user vectors were multiplied by (1 / the RMS of its scores over every user and title)."""
+
+    members: tuple[ALSParams, ...]
+    scales: tuple[float, ...] = ()
+
+    @property
+    def factors(self) -> int:
+        return sum(m.factors for m in self.members)
+
+    @property
+    def iterations(self) -> int:
+        """Iterations of all the member fits together (progress bars count them)."""
+        return sum(m.iterations for m in self.members)
+
+    def as_dict(self) -> dict:
+        return {"members": [m.as_dict() for m in self.members], "scales": [float(x) for x in self.scales]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ALSBlend":
+        return cls(tuple(ALSParams(**m) for m in d["members"]), tuple(float(x) for x in d.get("scales", ())))
+
+
+def als_params_from_dict(d: dict) -> "ALSParams | ALSBlend":
+    """What ``as_dict`` of either wrote."""
+    return ALSBlend.from_dict(d) if "members" in d else ALSParams(**d)
+
+
 @dataclass
 class ALSModel:
     user_factors: np.ndarray  # (users, f) float32
     item_factors: np.ndarray  # (titles, f) float32
-    params: ALSParams
+    params: "ALSParams | ALSBlend"
     seconds_per_iteration: float = 0.0
     content: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # title got a content vector
 
@@ -62,13 +100,16 @@ def _check(positives: sp.spmatrix) -> sp.csr_matrix:
     return m
 
 
-def fit_als(positives: sp.spmatrix, params: ALSParams | None = None,
+def fit_als(positives: sp.spmatrix, params: "ALSParams | ALSBlend | None" = None,
             on_iteration: Callable[[int, float], None] | None = None) -> ALSModel:
-    """Fit ALS on a users x titles matrix of positive weights. Confidence is ``alpha * weight``."""
+    """Fit ALS on a users x titles matrix of positive weights. Confidence is ``alpha * weight``.
+    An ``ALSBlend`` fits each member (its scales are computed anew from these fits)."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
     params = params or ALSParams()
+    if isinstance(params, ALSBlend):
+        return blend(positives, [fit_als(positives, p, on_iteration) for p in params.members])
     m = _check(positives)
     with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization,
@@ -90,12 +131,47 @@ def fit_als(positives: sp.spmatrix, params: ALSParams | None = None,
                     np.zeros(m.shape[1], dtype=bool))
 
 
-def fold_in(item_factors: np.ndarray, rows: sp.spmatrix, params: ALSParams) -> np.ndarray:
+def score_rms(user_factors: np.ndarray, item_factors: np.ndarray) -> float:
+    """The root mean square of every user x title score, without forming the scores:
+    mean((U V')^2) = trace(U'U V'V) / (users * titles)."""
+    u = user_factors.astype(np.float64)
+    v = item_factors.astype(np.float64)
+    n = max(u.shape[0] * v.shape[0], 1)
+    return float(np.sqrt(max(np.sum((u.T @ u) * (v.T @ v)) / n, 0.0)))
+
+
+def blend(positives: sp.spmatrix, models: list[ALSModel]) -> ALSModel:
+    """Fitted members side by side as one ``ALSModel`` (one member: itself)."""
+    if len(models) == 1:
+        return models[0]
+    scales = tuple(1.0 / max(score_rms(m.user_factors, m.item_factors), 1e-12) for m in models)
+    u = np.hstack([m.user_factors * np.float32(c) for m, c in zip(models, scales)])
+    v = np.hstack([m.item_factors for m in models])
+    return ALSModel(np.ascontiguousarray(u, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32),
+                    ALSBlend(tuple(m.params for m in models), scales),
+                    float(sum(m.seconds_per_iteration for m in models)),
+                    np.zeros(positives.shape[1], dtype=bool))
+
+
+def fold_in(item_factors: np.ndarray, rows: sp.spmatrix, params: "ALSParams | ALSBlend") -> np.ndarray:
     """Exact ALS user step: x_u = (Y'Y + Y'(C_u - I)Y + reg I)^-1 Y' C_u p_u, C_u = alpha * w.
 
     The same equation ``implicit`` solves for users during training, so a folded-in vector of a
-    training user equals the trained one up to the last half-iteration. Returns (n, f) float32.
+    training user equals the trained one up to the last half-iteration. An ``ALSBlend`` folds
+    each member's columns with its own settings and scales them as its fit did. Returns (n, f)
+    float32.
+
+    Raises:
+        InvalidInput: the blend's members do not add up to the title vectors' width.
     """
+    if isinstance(params, ALSBlend):
+        widths = [m.factors for m in params.members]
+        if sum(widths) != item_factors.shape[1] or len(params.scales) != len(widths):
+            raise InvalidInput(f"an ALS blend of {widths} factors (scales {len(params.scales)}) does not "
+                               f"fit title vectors of {item_factors.shape[1]}", field="als")
+        edges = np.cumsum([0, *widths])
+        return np.hstack([fold_in(np.ascontiguousarray(item_factors[:, a:b]), rows, m) * np.float32(c)
+                          for a, b, m, c in zip(edges[:-1], edges[1:], params.members, params.scales)])
     rows = sp.csr_matrix(rows, dtype=np.float64)
     y = item_factors.astype(np.float64)
     f = y.shape[1]
@@ -268,6 +344,10 @@ def recommend_als(model: ALSModel, users: np.ndarray, exclude: sp.csr_matrix, k:
 
 
 DEFAULT_GRID = {"regularization": (5.0, 20.0, 50.0), "alpha": (0.25, 0.5, 1.0), "iterations": (15,)}
+# the pipeline's grid: wider along the ridge where regularisation and alpha rise together, since
+# it blends its best few settings (``ALSBlend``) rather than betting on one
+BLEND_GRID = {"regularization": (15.0, 20.0, 30.0, 40.0, 80.0), "alpha": (0.35, 0.5, 1.0, 2.0, 4.0),
+              "iterations": (15,)}
 
 
 def tune_als(positives: sp.spmatrix, base: ALSParams | None = None, grid: dict | None = None,
