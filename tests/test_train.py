@@ -257,6 +257,12 @@ def test_train_and_models_list_cli(tmp_path):
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
     assert len(rows) == 1 and rows[0]["current"] and rows[0]["ok"]
+    r = runner.invoke(app, ["train", "--data", str(tmp_path), "--factors", "8", "--als-members", "2",
+                            "--no-publish"])
+    assert r.exit_code == 0, r.output
+    assert "ALS blend of 2: 8 factors / reg " in r.output
+    r = runner.invoke(app, ["train", "--data", str(tmp_path), "--als-members", "0"])
+    assert r.exit_code == 2 and "--als-members" in r.output
 
 
 def test_training_without_events_is_a_clear_error(tmp_path):

@@ -449,14 +449,22 @@ app.add_typer(models_app, name="models")
 def train(data: Optional[Path] = DataOpt,
           tune: bool = typer.Option(True, "--tune/--no-tune", help="grid-search ALS and EASE"),
           publish: bool = typer.Option(True, "--publish/--no-publish", help="publish when checks pass"),
-          factors: int = typer.Option(128, min=1, help="ALS factors")):
+          factors: int = typer.Option(128, min=1, help="ALS factors"),
+          als_members: int = typer.Option(
+              4, "--als-members", min=1,
+              help="blend the best N ALS settings of the tuning (title vectors N x factors wide); "
+                   "1: one setting, tuned on the narrower grid of before")):
     """Train a model version from the lake (ALS, recall sources, ranker) and publish it."""
     from reelrec.batch.pipeline import PipelineConfig
     from reelrec.batch.progress import RichProgress
     from reelrec.batch.train import train as run_train
     from reelrec.recall.als import ALSParams
     s = settings_for(data)
-    cfg = PipelineConfig(als=ALSParams(factors=factors), tune=tune)
+    from reelrec.recall.als import BLEND_GRID, DEFAULT_GRID
+    # one setting is tuned on the narrow grid: the single best of the wide one over-regularises
+    # for the full data (docs/evaluation.md, "The ALS blend")
+    cfg = PipelineConfig(als=ALSParams(factors=factors), tune=tune, als_members=als_members,
+                         als_grid=dict(DEFAULT_GRID if als_members == 1 else BLEND_GRID))
     try:
         with RichProgress() as progress:
             res = run_train(s, cfg, publish=publish, progress=progress)
@@ -466,7 +474,11 @@ def train(data: Optional[Path] = DataOpt,
     console.print(f"version {res.version} ({'published' if res.published else 'not published'}) "
                   f"in {res.seconds:.1f} s: {m['counts']['users']:,} users, {m['counts']['titles']:,} "
                   f"titles, {m['counts']['positives']:,} positives")
-    console.print(f"ALS {m['params']['als']}  EASE lambda {m['params']['ease_lambda']}")
+    als = m["params"]["als"]
+    if "members" in als:  # a blend (recall.als.ALSBlend): each member's factors, regularisation, alpha
+        als = f"blend of {len(als['members'])}: " + ", ".join(
+            f"{p['factors']} factors / reg {p['regularization']:g} / alpha {p['alpha']:g}" for p in als["members"])
+    console.print(f"ALS {als}  EASE lambda {m['params']['ease_lambda']}")
     console.print(f"metrics {m['metrics']}")
     for p in m["checks"]:
         err_console.print(f"[yellow]check failed:[/yellow] {p}")
