@@ -61,6 +61,7 @@ def say(*a):
 # --- the world ----------------------------------------------------------------------------------
 def world(data: Path, users: int, titles: int, days: int) -> Settings:
     """A simulated world, trained and precomputed (reused when ``data`` already holds a model)."""
+    from reelrec.batch.pipeline import PipelineConfig, als_choice
     from reelrec.batch.precompute import precompute
     from reelrec.batch.train import train
     from reelrec.batch.versions import ModelStore
@@ -71,7 +72,7 @@ def world(data: Path, users: int, titles: int, days: int) -> Settings:
         say(f"simulating {users:,} users x {titles:,} titles x {days} days into {data}")
         simulate(SimConfig(users=users, titles=titles, days=days, seed=1, progress=False), s)
         say(f"training ({time.perf_counter() - t:.0f} s so far)")
-        train(s)
+        train(s, PipelineConfig(**als_choice(1)))  # one ALS setting, 128-wide vectors: as earlier runs
         with open_cache(s.cache) as c:
             precompute(s, c)
         say(f"world ready in {time.perf_counter() - t:.0f} s")

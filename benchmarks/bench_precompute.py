@@ -55,6 +55,7 @@ NOW = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
 
 
 def _world(args) -> Path:
+    from reelrec.batch.pipeline import PipelineConfig, als_choice
     from reelrec.batch.train import train
     from reelrec.config import load_settings
     from reelrec.sim.world import SimConfig, simulate
@@ -66,7 +67,7 @@ def _world(args) -> Path:
     print(f"simulated {args.users:,} x {args.titles:,} x {args.days} in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
     t0 = time.perf_counter()
-    train(s)
+    train(s, PipelineConfig(**als_choice(1)))  # one ALS setting, 128-wide vectors: as earlier runs
     print(f"trained in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return data
 

@@ -455,16 +455,12 @@ def train(data: Optional[Path] = DataOpt,
               help="blend the best N ALS settings of the tuning (title vectors N x factors wide); "
                    "1: one setting, tuned on the narrower grid of before")):
     """Train a model version from the lake (ALS, recall sources, ranker) and publish it."""
-    from reelrec.batch.pipeline import PipelineConfig
+    from reelrec.batch.pipeline import PipelineConfig, als_choice
     from reelrec.batch.progress import RichProgress
     from reelrec.batch.train import train as run_train
     from reelrec.recall.als import ALSParams
     s = settings_for(data)
-    from reelrec.recall.als import BLEND_GRID, DEFAULT_GRID
-    # one setting is tuned on the narrow grid: the single best of the wide one over-regularises
-    # for the full data (docs/evaluation.md, "The ALS blend")
-    cfg = PipelineConfig(als=ALSParams(factors=factors), tune=tune, als_members=als_members,
-                         als_grid=dict(DEFAULT_GRID if als_members == 1 else BLEND_GRID))
+    cfg = PipelineConfig(als=ALSParams(factors=factors), tune=tune, **als_choice(als_members))
     try:
         with RichProgress() as progress:
             res = run_train(s, cfg, publish=publish, progress=progress)
@@ -477,7 +473,8 @@ def train(data: Optional[Path] = DataOpt,
     als = m["params"]["als"]
     if "members" in als:  # a blend (recall.als.ALSBlend): each member's factors, regularisation, alpha
         als = f"blend of {len(als['members'])}: " + ", ".join(
-            f"{p['factors']} factors / reg {p['regularization']:g} / alpha {p['alpha']:g}" for p in als["members"])
+            f"{p['factors']} factors / reg {p['regularization']:g} / alpha {p['alpha']:g}"
+            for p in als["members"])
     console.print(f"ALS {als}  EASE lambda {m['params']['ease_lambda']}")
     console.print(f"metrics {m['metrics']}")
     for p in m["checks"]:

@@ -82,6 +82,13 @@ class PipelineConfig:
         return asdict(self)
 
 
+def als_choice(members: int) -> dict:
+    """``PipelineConfig`` fields for an ALS of ``members`` settings: a blend tunes on the wide
+    grid; one setting on the narrow grid of before, since the single best of the wide grid
+    over-regularises for the full data (docs/evaluation.md, "The ALS blend")."""
+    return {"als_members": members, "als_grid": dict(DEFAULT_GRID if members == 1 else BLEND_GRID)}
+
+
 # --- user state ----------------------------------------------------------------------------------
 def user_context(events: pa.Table, user_ids: np.ndarray, genre_names: np.ndarray,
                  ref: dt.datetime, regions: np.ndarray | None = None) -> dict[str, np.ndarray]:
