@@ -1,5 +1,6 @@
 """The speed layer, embedded: events through the API change the user's page within a second."""
 
+import contextlib
 import time
 import uuid
 
@@ -16,6 +17,21 @@ def _watch(title_id, user, ts, runtime_s):
             dict(base, event_id=uuid.uuid4().hex, type="progress", ts=ts + 60,
                  position_s=runtime_s * 0.95, watched_s=runtime_s * 0.95),
             dict(base, event_id=uuid.uuid4().hex, type="complete", ts=ts + 61)]
+
+
+@contextlib.contextmanager
+def speed_layer(settings):
+    """A speed layer over an empty memory cache and state, the cache pointing at the world's
+    published version; yields (layer, cache)."""
+    from reelrec.speed.layer import SpeedLayer
+    from reelrec.storage.cache import open_cache
+    from reelrec.storage.state import open_state
+    with open_cache("memory://") as cache, open_state("memory://") as state, \
+            open_cache(settings.cache) as src:
+        version = src.current_version()
+        cache.put({"s:probe": b"x"}, version=version)
+        cache.publish(version)
+        yield SpeedLayer(settings, cache, state), cache
 
 
 SHARED = ("trending-", "top-10", "new-releases")
@@ -63,19 +79,9 @@ def test_three_thrillers_bring_more_thrillers(tiny_world):
 
 
 def test_redelivered_events_are_applied_once(tiny_world):
-    from reelrec.speed.layer import SpeedLayer
-    from reelrec.storage.cache import open_cache
-    from reelrec.storage.state import open_state
     cat = Catalog.load(tiny_world.data_dir)
     r = cat.table.to_pylist()[0]
-    with open_cache("memory://") as cache, open_state("memory://") as state:
-        from reelrec.homepage import ServingModel
-        from reelrec.storage.cache import open_cache as oc
-        with oc(tiny_world.cache) as src:
-            version = src.current_version()
-        cache.put({"s:probe": b"x"}, version=version)
-        cache.publish(version)
-        layer = SpeedLayer(tiny_world, cache, state)
+    with speed_layer(tiny_world) as (layer, _cache):
         events = _watch(r["title_id"], "u-dup", time.time() - 100, (r["runtime_min"] or 50) * 60)
         first = layer.apply(events)
         again = layer.apply(events)
@@ -91,9 +97,6 @@ def test_recompute_scores_for_the_session_in_progress(tiny_world, monkeypatch):
     import numpy as np
     from reelrec.domain.users import REGION_UTC_OFFSET_H
     from reelrec.homepage import ServingModel
-    from reelrec.speed.layer import SpeedLayer
-    from reelrec.storage.cache import open_cache
-    from reelrec.storage.state import open_state
     seen = []
     real = ServingModel.candidates_for_state
 
@@ -104,12 +107,7 @@ def test_recompute_scores_for_the_session_in_progress(tiny_world, monkeypatch):
     monkeypatch.setattr(ServingModel, "candidates_for_state", spy)
     cat = Catalog.load(tiny_world.data_dir)
     r = cat.table.to_pylist()[1]
-    with open_cache("memory://") as cache, open_state("memory://") as state, \
-            open_cache(tiny_world.cache) as src:
-        version = src.current_version()
-        cache.put({"s:probe": b"x"}, version=version)
-        cache.publish(version)
-        layer = SpeedLayer(tiny_world, cache, state)
+    with speed_layer(tiny_world) as (layer, _cache):
         known = str(layer.model().pipeline.user_ids[0])
         t0 = time.time() - 900
         events = []
@@ -134,9 +132,7 @@ def test_pages_for_a_request_are_scored_for_it_and_written_nowhere(tiny_world, m
     the ranker sees that device and hour for every user of the batch, a cold-start page gets
     them as its priors, and the cache is not touched."""
     from reelrec.homepage import ServingModel
-    from reelrec.speed.layer import SpeedLayer
-    from reelrec.storage.cache import open_cache, page_key
-    from reelrec.storage.state import open_state
+    from reelrec.storage.cache import page_key
     seen, composed = [], []
     real_cands, real_compose = ServingModel.candidates_for_state, ServingModel.compose
 
@@ -150,12 +146,7 @@ def test_pages_for_a_request_are_scored_for_it_and_written_nowhere(tiny_world, m
 
     monkeypatch.setattr(ServingModel, "candidates_for_state", spy_cands)
     monkeypatch.setattr(ServingModel, "compose", spy_compose)
-    with open_cache("memory://") as cache, open_state("memory://") as state, \
-            open_cache(tiny_world.cache) as src:
-        version = src.current_version()
-        cache.put({"s:probe": b"x"}, version=version)
-        cache.publish(version)
-        layer = SpeedLayer(tiny_world, cache, state)
+    with speed_layer(tiny_world) as (layer, cache):
         known = [str(u) for u in layer.model().pipeline.user_ids[:2]]
         pages = layer.pages(known + ["u-nobody"], request=("tablet", 7), region="JP")
         assert cache.get_many([page_key(u) for u in known + ["u-nobody"]]).values == [None, None, None]
