@@ -9,8 +9,8 @@ the row it keeps online, after ``fold_in``).
 ``fit_pipeline`` learns everything from a ``TrainData``: it splits the training data into a
 feature window and later labels (``reelrec.rank.ranker.label_window``), fits stage 1 on the
 feature window (tuning ALS and EASE against the labels; ALS is a blend of its best few settings,
-``recall.als.ALSBlend``), trains the LambdaRank ranker on the
-candidates' features, then refits stage 1 on all the training data for serving.
+``recall.als.ALSBlend``), trains the LambdaRank ranker on the candidates' features, then refits
+stage 1 on all the training data for serving.
 
 Two ``Recommender``s for the evaluation harness live here: ``RankerRecommender``
 ("reelrec-ranker", the two stages) and ``ALSRecommender`` ("als", tuned ALS alone), so the ALS
@@ -218,8 +218,8 @@ def fit_stage1(positives: sp.csr_matrix, ts: sp.csr_matrix, negatives: sp.csr_ma
     for name, params in cfg.item_item.items():
         with progress.step(name):
             item_item[name] = build_item_item(name, positives, params, ts)
-    art = Artifacts(np.asarray(catalog.ids, dtype=object), vectors, ~trained, als_model.params, index, cov, stats,
-                    b, ref.timestamp(), item_item)
+    art = Artifacts(np.asarray(catalog.ids, dtype=object), vectors, ~trained, als_model.params, index, cov,
+                    stats, b, ref.timestamp(), item_item)
     with progress.step("user context"):
         ctx = user_context(events, user_ids, stats.genre_names, ref, regions)
     exclude = (negatives > 0).astype(np.float32)
@@ -457,9 +457,11 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
     best = top[0][0]
     best_model = blend(w.matrix.positives, [m for _, _, m in top])
     als_params = best_model.params
+    window = best
+    if len(top) > 1 and labels.nnz:  # what stage 1 will use: the blend, scored the same way
+        window = _ndcg_dense(best_model.scores, wx, labels)
     report["als"] = {"chosen": als_params.as_dict(), "trials": trials, "best_ndcg@10": round(best, 5),
-                     "window_ndcg@10": round(best if len(top) == 1 else
-                                             _ndcg_dense(best_model.scores, wx, labels) if labels.nnz else 0.0, 5)}
+                     "window_ndcg@10": round(window, 5)}
 
     ease_lambda = None
     if m.shape[1] <= min(cfg.ease_max_titles, EASE_MAX_TITLES) and cfg.ease_lambdas:
