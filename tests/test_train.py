@@ -220,6 +220,28 @@ def test_a_version_saved_before_the_ann_dedupe_still_loads_and_serves(tmp_path):
     np.testing.assert_array_equal(older.recommend_rows(rows, 5), fresh.recommend_rows(rows, 5))
 
 
+def test_a_version_saved_before_its_als_was_stored_folds_in_with_the_configured_settings(tmp_path):
+    """Versions written before ``arrays.npz`` held the served ALS settings load with the
+    configuration's ALS (what they folded in with then); newer ones with their own."""
+    from reelrec.batch.versions import MANIFEST, _sha256
+    s = _settings(tmp_path)
+    cfg = small_config(tune=True, als_grid={"regularization": (0.3, 3.0)}, als_members=1)
+    res = train(s, cfg)
+    chosen = res.manifest["params"]["als"]
+    assert ALSParams(**chosen) != cfg.als  # tuning moved the regularisation off the configured 0.5
+    assert load_model(s, res.version).art.als == ALSParams(**chosen)
+    folder = ModelStore(s.models_dir).path(res.version)
+    with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "als"}
+    with open(folder / "arrays.npz", "wb") as f:
+        np.savez(f, **arrays)
+    m = json.loads((folder / MANIFEST).read_text())
+    m["files"]["arrays.npz"] = {"sha256": _sha256(folder / "arrays.npz"),
+                                "bytes": (folder / "arrays.npz").stat().st_size}
+    (folder / MANIFEST).write_text(json.dumps(m))
+    assert load_model(s, res.version).art.als == cfg.als
+
+
 def test_corrupt_or_half_written_version_is_refused(tmp_path):
     s = _settings(tmp_path)
     res = train(s, small_config())
