@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reelrec.errors import InvalidInput, NotFound, ReelrecError
+from reelrec.errors import FieldError, InvalidInput, NotFound, ReelrecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="reelrec: homepages for a streaming catalog.")
@@ -573,7 +573,6 @@ def homepage(user_id: str = typer.Argument(...), data: Optional[Path] = DataOpt,
     from reelrec.homepage import HomepageReader
     from reelrec.storage.cache import open_cache
     from reelrec.domain.users import DEVICES
-    from reelrec.errors import FieldError
     if device is not None:
         if device.lower() not in DEVICES:
             fail(InvalidInput(FieldError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")))

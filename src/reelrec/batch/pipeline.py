@@ -455,7 +455,7 @@ def fit_pipeline(data: TrainData, cfg: PipelineConfig | None = None, progress=No
             top = sorted([*top, (score, i, model)], key=lambda t: (-t[0], t[1]))[:keep]
             adv(1)
     best = top[0][0]
-    best_model = blend(w.matrix.positives, [m for _, _, m in top])
+    best_model = blend([m for _, _, m in top])
     als_params = best_model.params
     window = best
     if len(top) > 1 and labels.nnz:  # what stage 1 will use: the blend, scored the same way

@@ -326,12 +326,10 @@ def _explore(pool: Pool, ts: list[int], kinds: list[int], gbits: list[int], pick
             if cluster[i] not in used:
                 best = i
                 break
-            v = theta[i] - 2.0
+            v = theta[i] - 2.0  # the walk's v never rises: only an equal one can tie
             if best < 0:
                 best, low = i, v
-            elif v < low:
-                pass  # past the used clusters' ties: keep walking for an unused cluster
-            elif i < best:
+            elif v == low and i < best:
                 best = i
         if best < 0:
             return

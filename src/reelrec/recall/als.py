@@ -109,7 +109,7 @@ def fit_als(positives: sp.spmatrix, params: "ALSParams | ALSBlend | None" = None
 
     params = params or ALSParams()
     if isinstance(params, ALSBlend):
-        return blend(positives, [fit_als(positives, p, on_iteration) for p in params.members])
+        return blend([fit_als(positives, p, on_iteration) for p in params.members])
     m = _check(positives)
     with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization,
@@ -140,7 +140,7 @@ def score_rms(user_factors: np.ndarray, item_factors: np.ndarray) -> float:
     return float(np.sqrt(max(np.sum((u.T @ u) * (v.T @ v)) / n, 0.0)))
 
 
-def blend(positives: sp.spmatrix, models: list[ALSModel]) -> ALSModel:
+def blend(models: list[ALSModel]) -> ALSModel:
     """Fitted members side by side as one ``ALSModel`` (one member: itself)."""
     if len(models) == 1:
         return models[0]
@@ -150,7 +150,7 @@ def blend(positives: sp.spmatrix, models: list[ALSModel]) -> ALSModel:
     return ALSModel(np.ascontiguousarray(u, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32),
                     ALSBlend(tuple(m.params for m in models), scales),
                     float(sum(m.seconds_per_iteration for m in models)),
-                    np.zeros(positives.shape[1], dtype=bool))
+                    np.zeros(v.shape[0], dtype=bool))
 
 
 def fold_in(item_factors: np.ndarray, rows: sp.spmatrix, params: "ALSParams | ALSBlend") -> np.ndarray:
