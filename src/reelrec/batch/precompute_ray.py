@@ -151,7 +151,7 @@ def run_ray(p: Plan, cache, rep: PrecomputeReport, *, seed: int, batch_users: in
         model_ref = ray.put(serving_copy(p.model))
         PageWorker = _actor_class(ray)
         actors = [PageWorker.remote([model_ref], cache_url, seed, batch_users, now) for _ in range(n)]
-        size = shard_users or default_shard_users(p.n_users, n)
+        size = shard_users or default_shard_users(p.n_users, n, batch_users)
         rep.workers = n
         with (progress or NullProgress()).step("precompute shards", p.n_shards(size)) as advance:
             shards = p.shards(size)
