@@ -525,7 +525,8 @@ def precompute(data: Optional[Path] = DataOpt,
                workers: Optional[int] = typer.Option(None, min=1, help="Ray workers (default: one per core "
                                                      "of the cluster)"),
                shard_users: Optional[int] = typer.Option(None, min=1, help="users per shard (default: about "
-                                                         "8 shards per worker, at most 4096 users)")):
+                                                         "8 shards per worker, at most 4096 users, "
+                                                         "in whole batches of 256)")):
     """Compose every user's homepage into the cache, then switch the cache to the new version.
 
     With --engine ray and a redis:// cache the workers write the pages; with a memory cache the
