@@ -80,7 +80,11 @@ def test_kill_9_of_the_speed_worker_then_restart_catches_up_once(tiny_world, red
     # leave them one batch short (docs/deploy.md, "What a crash costs")
     assert stream.plays - MAX_BATCH <= got["plays"] <= stream.plays
     assert stream.trials - MAX_BATCH <= got["trials"] <= stream.trials
-    assert got["successes"] <= got["trials"]
+    # every explore impression of the stream is followed by a play of its title: as many
+    # successes as trials in all. A kill can cost the trials of one batch and the successes of
+    # another (an impression's batch lost, its play's batch counted), so successes may exceed
+    # the trials counted; each is bounded by the stream on its own
+    assert stream.trials - MAX_BATCH <= got["successes"] <= stream.trials
     # every user who got events has a rewritten personal page (pages are written before the
     # logs and the marks, so complete logs mean every page reflects all of its user's events)
     after = pages(s, users)
