@@ -43,7 +43,7 @@ from _report import describe_machine, machine  # noqa: E402
 
 # the order of the docs: the user-facing path first, then the layers under it
 ORDER = ["bench_serving", "bench_freshness", "bench_ingest", "bench_cache", "bench_compose",
-         "bench_train", "bench_lake", "bench_sim"]
+         "bench_precompute", "bench_train", "bench_scale", "bench_lake", "bench_sim"]
 
 
 def scripts() -> list[Path]:

@@ -361,6 +361,48 @@ def table(prefix: str) -> str:
     return "\n\n".join(lines)
 
 
+def report(args, stages: list[str], prefix: str):
+    """The ``make bench`` rows of a run: each stage's wall time, CPU time and peak RSS (from its
+    ``/usr/bin/time -v`` block), the precompute's and the serve stage's own figures."""
+    from _report import Report
+    world = f"{args.users:,} users x {args.titles:,} titles x {args.days} day{'s' if args.days > 1 else ''}"
+    rep = Report("bench_scale", f"Scale: simulate, train, precompute and serve {world}", quick=args.quick)
+    for st in stages:
+        t = parse_time(Path(f"{prefix}{st}.log"))
+        if t:
+            rep.value(f"{st}: wall time", t.get("wall_s", 0.0), "s")
+            rep.value(f"{st}: CPU time (user + sys)", t.get("cpu_s", 0.0), "s")
+            rep.value(f"{st}: peak RSS", t.get("peak_rss_gib", 0.0), "GiB")
+    pre = _results(prefix, "precompute")
+    if pre:
+        rep.value("precompute: users (pages composed)", pre["users_composed"], "users")
+        rep.value("precompute: pages, users per CPU-second (compose phase)", pre["users_per_compose_cpu_s"],
+                  "users/CPU-s")
+        if pre.get("sample_ratio", 1) == 1:  # a sample's process still builds every profile
+            rep.value("precompute: users per CPU-second, whole process (model load, profiles, pages, writes)",
+                      pre["users_composed"] / max(pre["cpu_s"], 1e-9), "users/CPU-s")
+        if pre.get("memory_usage_per_page_median"):
+            rep.value("Redis MEMORY USAGE per user page (median of ~1,000)", pre["memory_usage_per_page_median"],
+                      "bytes")
+        rep.value("genre-cap violations over every page", pre["genre_cap_violations"], "pages")
+        if pre.get("sample_ratio", 1) != 1:
+            rep.note(f"precompute composed a sample of {pre['users_composed']:,} of {pre['users_total']:,} users "
+                     f"and extrapolates: {pre['extrapolated_seconds']:,} s for all of them.")
+    srv = _results(prefix, "serve")
+    for r in srv.get("runs", []):
+        c = r["connections"]
+        rep.value(f"serve: GET homepage, {c} connections: requests/s", r["rps"], "req/s")
+        rep.value(f"serve: GET homepage, {c} connections: p99", r["p99"], "ms")
+        rep.value(f"serve: GET homepage, {c} connections: API server CPU per request",
+                  r["server_cpu_ms_per_request"], "ms")
+    if srv:
+        rep.value("serve: Redis used_memory after precompute", srv["redis_used_memory"] / 2**20, "MiB")
+        rep.value("serve: API RSS after the load", srv["rss_after_gib"], "GiB")
+    rep.note("Each stage is its own process under `nice -n 10 /usr/bin/time -v` (docs/scaling.md); "
+             "train is `reelrec train --no-tune`'s pipeline, the nightly build.")
+    return rep
+
+
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -393,6 +435,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precompute-process", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--train-process", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, default=None,
+                    help="write the stages' figures for make bench here (benchmarks/_report.py)")
     args = ap.parse_args(argv)
 
     if args.precompute_process:
@@ -435,6 +479,8 @@ def main(argv: list[str] | None = None) -> None:
         if "serve" in stages:
             serve_stage(args, prefix)
         print(table(prefix))
+        if args.json:
+            report(args, stages, prefix).write(args.json)
     finally:
         if redis_proc is not None:
             redis_proc.terminate()
