@@ -384,7 +384,7 @@ def report(args, stages: list[str], prefix: str):
         if pre.get("memory_usage_per_page_median"):
             rep.value("Redis MEMORY USAGE per user page (median of ~1,000)", pre["memory_usage_per_page_median"],
                       "bytes")
-        rep.value("genre-cap violations over every page", pre["genre_cap_violations"], "pages")
+        rep.value("genre-cap violations over the pages composed", pre["genre_cap_violations"], "pages")
         if pre.get("sample_ratio", 1) != 1:
             rep.note(f"precompute composed a sample of {pre['users_composed']:,} of {pre['users_total']:,} users "
                      f"and extrapolates: {pre['extrapolated_seconds']:,} s for all of them.")
