@@ -301,7 +301,44 @@ def main() -> None:
             stage(f"ANN on {res['ann_model']['version']}", t0)
     res["peak_rss_mb"] = round(rss_mb())
     if a.json:
-        a.json.write_text(json.dumps(res, indent=2))
+        report(res, a).write(a.json)
+
+
+def report(res: dict, a) -> "object":
+    """``res`` as ``make bench`` rows (benchmarks/_report.py); the raw result rides in the details."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _report import Report
+    world = f"{a.users:,} users x {a.titles:,} titles"
+    rep = Report("bench_train", f"Batch layer: training at {world}, scoring, ANN at {a.ann_titles:,} titles",
+                 quick=a.quick)
+    for st in res["stages"]:
+        rep.value(f"{st['stage']}: wall time", st["seconds"], "s")
+        rep.value(f"{st['stage']}: peak RSS after it", st["peak_rss_mb"], "MB")
+    als = res.get("als_s_per_iteration")
+    if als:
+        rep.value(f"ALS, {als['factors']} factors: reelrec fit_als, s per iteration", als["reelrec fit_als"], "s")
+        rep.value("baseline: implicit's own fit on the same matrix, s per iteration", als["implicit fit"], "s")
+    for step, sec in res.get("pipeline_steps_s", {}).items():
+        rep.value(f"fit_pipeline step: {step}", sec, "s")
+    if "candidates_recall" in res:
+        rep.value("candidate recall of the window's held-out positives", res["candidates_recall"], "")
+    sc = res.get("scoring")
+    if sc:
+        n = f"{sc['users']:,} users x {sc['candidates_per_user']:.0f} candidates"
+        rep.value(f"scoring {n}: LightGBM predict", sc["ranker_predict_candidates_per_s"], "candidates/s")
+        rep.value(f"scoring {n}: ranker features", sc["features_candidates_per_s"], "candidates/s")
+        rep.value(f"scoring {n}: stage 1", sc["stage1_ms_per_user"], "ms/user")
+        rep.value(f"scoring {n}: whole pipeline", sc["pipeline_users_per_s"], "users/s")
+    for r in res.get("ann", []):
+        name = r["index"] + ("" if r["ef_search"] == "-" else f", efSearch {r['ef_search']}")
+        base = r["index"].startswith("before")
+        rep.value(f"ANN {name}: recall@100 against exact", r["recall@100"], "", baseline=base)
+        rep.value(f"ANN {name}: CPU per query, batched", r["cpu_ms_per_query"], "ms", baseline=base)
+        rep.value(f"ANN {name}: CPU per query, one a call", r["cpu_ms_single_query"], "ms", baseline=base)
+    rep.note("Baselines: implicit's own ALS fit on the same matrix; the ANN index as built before the "
+             "dedupe (one row per title), rows marked 'before'. Each figure is one measurement.")
+    rep.detail("raw", res)
+    return rep
 
 
 def train_bench(a, res: dict, stage) -> None:
