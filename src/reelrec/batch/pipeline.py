@@ -38,8 +38,8 @@ from reelrec.rank.features import build_features, feature_names
 from reelrec.rank.ranker import (RankData, RankerParams, Window, aligned_ts, label_window, select_ranker,
                                  train_ranker)
 from reelrec.recall.als import (BLEND_GRID, DEFAULT_GRID, ALSModel, ALSParams, als_params_from_dict, blend,
-                                content_vectors, fit_als, grid_size, ndcg_at_k, recommend_als, topk_excluding,
-                                tune_als, _grid)
+                                content_vectors, fit_als, fold_in, grid_size, ndcg_at_k, recommend_als,
+                                topk_excluding, tune_als, _grid)
 from reelrec.recall.ann import ANNConfig, ANNIndex
 from reelrec.recall.candidates import (DEFAULT_QUOTAS, Artifacts, Candidates, UserState, dense_scores,
                                        merge, run_sources)
@@ -326,7 +326,6 @@ class Pipeline:
 
     def fold_in(self, user_items_row: sp.spmatrix) -> np.ndarray:
         """A user vector from one row (1 x titles) of positive weights: the speed layer's fold-in."""
-        from reelrec.recall.als import fold_in
         return fold_in(self.art.item_factors, user_items_row, self.art.als)[0]
 
     def state_from_history(self, positives: sp.spmatrix, ts: sp.spmatrix | None = None,
@@ -336,8 +335,10 @@ class Pipeline:
         scored for ``request`` when given."""
         p = sp.csr_matrix(positives, dtype=np.float32)
         b = p.shape[0]
-        vec = np.asarray(vector, np.float32).reshape(b, -1) if vector is not None else \
-            np.vstack([self.fold_in(p[i]) for i in range(b)])
+        if vector is not None:
+            vec = np.asarray(vector, np.float32).reshape(b, -1)
+        else:  # one call for the batch: the title side (Y'Y, float64 copy) is built once
+            vec = fold_in(self.art.item_factors, p, self.art.als)
         ex = (p > 0).astype(np.float32) if exclude is None else sp.csr_matrix(exclude, dtype=np.float32)
         reg = self.art.stats.region_index([region] * b)
         st = self.art.stats

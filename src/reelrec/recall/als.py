@@ -170,7 +170,7 @@ def fold_in(item_factors: np.ndarray, rows: sp.spmatrix, params: "ALSParams | AL
             raise InvalidInput(f"an ALS blend of {widths} factors (scales {len(params.scales)}) does not "
                                f"fit title vectors of {item_factors.shape[1]}", field="als")
         edges = np.cumsum([0, *widths])
-        return np.hstack([fold_in(np.ascontiguousarray(item_factors[:, a:b]), rows, m) * np.float32(c)
+        return np.hstack([fold_in(item_factors[:, a:b], rows, m) * np.float32(c)  # a view: fold_in copies to float64
                           for a, b, m, c in zip(edges[:-1], edges[1:], params.members, params.scales)])
     rows = sp.csr_matrix(rows, dtype=np.float64)
     y = item_factors.astype(np.float64)

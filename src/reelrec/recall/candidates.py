@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from reelrec.errors import InvalidInput
 from reelrec.recall.ann import ANNIndex, is_member
-from reelrec.recall.als import ALSParams, fold_in, topk_entries, topk_excluding
+from reelrec.recall.als import ALSBlend, ALSParams, fold_in, topk_entries, topk_excluding
 from reelrec.recall.popular import TitleStats, genre_affinity, genre_pop_scores, new_scores, trending_scores
 
 SOURCES = ("ann", "ease", "covisit", "trending", "new", "genre_pop")
@@ -30,7 +30,7 @@ class Artifacts:
     title_ids: np.ndarray
     item_factors: np.ndarray  # (N, f) float32, content vectors for untrained titles
     content: np.ndarray  # (N,) bool: vector came from content, not from training
-    als: ALSParams
+    als: ALSParams | ALSBlend  # what the title vectors were fitted with (the fold-in reads it)
     ann: ANNIndex
     covisit: sp.csr_matrix  # (N, N)
     stats: TitleStats
