@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from reelrec.batch.progress import NullProgress
 from reelrec.domain.catalog import Catalog
-from reelrec.domain.matrix import InteractionMatrix, index_of, seconds
+from reelrec.domain.matrix import index_of, seconds
 from reelrec.domain.users import DAYPARTS, DEVICES, RequestContext, context_cell, table_regions, utc_offset_h
 from reelrec.errors import Conflict, InvalidInput
 from reelrec.log import get_logger

@@ -463,7 +463,7 @@ class Assembler:
         """The Page document. Shared shelves missing from ``shared`` are left out; the user's
         ``hidden`` titles are dropped from the shared ones. Documents share the item dicts of
         shared shelves with other reads: treat them as read-only."""
-        f, region = self.f, page.region
+        region = page.region
         shelves = []
         hidden = set(np.asarray(page.hidden).tolist())
         for s in page.shelves:

@@ -485,7 +485,6 @@ def genre_pop_topk(art: Artifacts, state: UserState, k: int, block, exclude: sp.
     """
     st = art.stats
     orders, pop = _genre_orders(art)
-    b = len(state)
     a = getattr(block, "top_affinity", None)
     if a is None:
         a = genre_affinity(state.positives, st.genres)
