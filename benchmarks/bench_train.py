@@ -304,7 +304,7 @@ def main() -> None:
         report(res, a).write(a.json)
 
 
-def report(res: dict, a) -> "object":
+def report(res: dict, a):
     """``res`` as ``make bench`` rows (benchmarks/_report.py); the raw result rides in the details."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _report import Report

@@ -378,14 +378,15 @@ def report(args, stages: list[str], prefix: str):
         rep.value("precompute: users (pages composed)", pre["users_composed"], "users")
         rep.value("precompute: pages, users per CPU-second (compose phase)", pre["users_per_compose_cpu_s"],
                   "users/CPU-s")
-        if pre.get("sample_ratio", 1) == 1:  # a sample's process still builds every profile
+        sampled = pre.get("sample_ratio", 1) != 1
+        if not sampled:  # a sample's process still builds every profile: no per-user figure for it
             rep.value("precompute: users per CPU-second, whole process (model load, profiles, pages, writes)",
                       pre["users_composed"] / max(pre["cpu_s"], 1e-9), "users/CPU-s")
         if pre.get("memory_usage_per_page_median"):
             rep.value("Redis MEMORY USAGE per user page (median of ~1,000)", pre["memory_usage_per_page_median"],
                       "bytes")
         rep.value("genre-cap violations over the pages composed", pre["genre_cap_violations"], "pages")
-        if pre.get("sample_ratio", 1) != 1:
+        if sampled:
             rep.note(f"precompute composed a sample of {pre['users_composed']:,} of {pre['users_total']:,} users "
                      f"and extrapolates: {pre['extrapolated_seconds']:,} s for all of them.")
     srv = _results(prefix, "serve")
