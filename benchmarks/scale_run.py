@@ -369,10 +369,11 @@ def report(args, stages: list[str], prefix: str):
     rep = Report("bench_scale", f"Scale: simulate, train, precompute and serve {world}", quick=args.quick)
     for st in stages:
         t = parse_time(Path(f"{prefix}{st}.log"))
-        if t:
-            rep.value(f"{st}: wall time", t.get("wall_s", 0.0), "s")
-            rep.value(f"{st}: CPU time (user + sys)", t.get("cpu_s", 0.0), "s")
-            rep.value(f"{st}: peak RSS", t.get("peak_rss_gib", 0.0), "GiB")
+        # a figure the stage's time block lacks is left out, not written as 0
+        for key, what, unit in (("wall_s", "wall time", "s"), ("cpu_s", "CPU time (user + sys)", "s"),
+                                ("peak_rss_gib", "peak RSS", "GiB")):
+            if key in t:
+                rep.value(f"{st}: {what}", t[key], unit)
     pre = _results(prefix, "precompute")
     if pre:
         rep.value("precompute: users (pages composed)", pre["users_composed"], "users")
